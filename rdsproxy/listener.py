@@ -1,0 +1,44 @@
+"""Client-facing listeners: one TCP server per endpoint, each handing connections to the engine's sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Callable, Optional, Tuple
+
+from .config import EndpointConfig, parse_host_port
+
+log = logging.getLogger("rdsproxy.listener")
+
+# Serverless storms arrive as bursts of connects: a deep accept queue keeps them from being refused.
+LISTEN_BACKLOG = 4096
+
+
+class Listener:
+    """Accepts client connections for one endpoint."""
+
+    def __init__(self, endpoint: EndpointConfig, protocol_factory: Callable[[], asyncio.Protocol]) -> None:
+        self.endpoint = endpoint
+        self._factory = protocol_factory
+        self._server: Optional[asyncio.AbstractServer] = None
+        self.address: Tuple[str, int] = ("", 0)
+
+    async def start(self) -> None:
+        host, port = parse_host_port(self.endpoint.listen, what=f"endpoints.{self.endpoint.name}.listen", allow_zero=True)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._factory, host, port, backlog=LISTEN_BACKLOG, reuse_address=True
+        )
+        sock = self._server.sockets[0]
+        self.address = sock.getsockname()[:2]
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            log.info("endpoint %s listening on %s:%d", self.endpoint.name, *self.address)
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()

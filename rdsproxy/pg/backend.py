@@ -1,0 +1,275 @@
+"""One PostgreSQL server connection: startup and auth, the proxy's own queries, and forwarding to a client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from .._codec import ServerScanner
+from ..errors import AuthenticationFailed, ProtocolViolation
+from ..pool import BackendUnavailable
+from ..protocol.pg import messages
+from ..protocol.pg.auth import BackendAuthenticator
+
+if TYPE_CHECKING:
+    from .client import PgClient
+
+log = logging.getLogger("rdsproxy.backend")
+
+_STARTUP_INTERESTING = b"RSKEZ"
+_INTERNAL_INTERESTING = b"ZEDS"
+_FORWARD_INTERESTING = b"ZSEGW"
+
+_R, _S, _K, _E, _Z, _D = (ord(c) for c in "RSKEZD")
+
+# Connection states
+CONNECTING, IDLE, ATTACHED, INTERNAL, CLOSED = range(5)
+
+
+class InternalQueryError(Exception):
+    """The server answered one of the proxy's own queries with an error."""
+
+    def __init__(self, fields: Dict[str, str]):
+        super().__init__(f"{fields.get('C', '?????')}: {fields.get('M', 'error')}")
+        self.fields = fields
+
+
+def _parse_data_row(payload: bytes) -> List[Optional[str]]:
+    (count,) = struct.unpack_from("!h", payload, 0)
+    pos = 2
+    row: List[Optional[str]] = []
+    for _ in range(count):
+        (size,) = struct.unpack_from("!i", payload, pos)
+        pos += 4
+        if size < 0:
+            row.append(None)
+        else:
+            row.append(payload[pos : pos + size].decode("utf-8", "replace"))
+            pos += size
+    return row
+
+
+class PgBackend(asyncio.Protocol):
+    """A pooled server connection. While attached, received chunks go straight to the client's transport."""
+
+    def __init__(self, address: str, user: str, password: Optional[str], database: str, owner: Any) -> None:
+        self.address = address
+        self.user = user
+        self.database = database
+        self.key: Tuple[str, str] = (user, database)
+        self.owner = owner  # the engine: told when an idle backend dies
+        self.transport: Optional[asyncio.Transport] = None
+        self.state = CONNECTING
+        self.scanner = ServerScanner(_STARTUP_INTERESTING)
+        self._auth = BackendAuthenticator(user, password)
+        self.server_params: Dict[str, str] = {}
+        self.process_id = 0
+        self.secret_key = 0
+        self.applied: Dict[str, str] = {}  # tracked parameters set on this connection (beyond server defaults)
+        self.client: Optional[PgClient] = None
+        self.idle_since = 0.0
+        self.broken = False
+        self.reading_paused = False
+        self._waiter: Optional[asyncio.Future] = None
+        self._rows: List[List[Optional[str]]] = []
+        self._error: Optional[Dict[str, str]] = None
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is not None:
+            # steady state: forward first, then account for the few messages that change state
+            try:
+                events = self.scanner.feed(data)
+            except ProtocolViolation:
+                self.transport.abort()  # type: ignore[union-attr]  # connection_lost tells the client
+                return
+            client.transport.write(data)
+            if events:
+                client.backend_events(events)
+            return
+        try:
+            events = self.scanner.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(BackendUnavailable(f"protocol error from the database: {exc}"))
+            return
+        if self.state == CONNECTING:
+            self._startup_events(events)
+        elif self.state == INTERNAL:
+            self._internal_events(events)
+        else:
+            # an idle pooled connection has nothing to say unless it is being shut down: don't reuse it
+            self.broken = True
+            self.owner.idle_backend_lost(self)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        previous = self.state
+        self.state = CLOSED
+        self.broken = True
+        if previous == CONNECTING or previous == INTERNAL:
+            self._fail(BackendUnavailable("the database closed the connection"))
+        client = self.client
+        if client is not None:
+            self.client = None
+            client.backend_lost(self)
+        elif previous == IDLE:
+            self.owner.idle_backend_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_reading()
+
+    # ------------------------------------------------------------------ startup
+    async def start(self, startup_params: Dict[str, str]) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        params = {"user": self.user, "database": self.database, **startup_params}
+        self.transport.write(messages.startup_message(params))  # type: ignore[union-attr]
+        await self._waiter
+
+    def _startup_events(self, events: list) -> None:
+        for mtype, payload, _end in events:
+            if mtype == _R:
+                try:
+                    reply = self._auth.handle(payload)
+                except (AuthenticationFailed, ProtocolViolation) as exc:
+                    self._fail(BackendUnavailable(f"authentication to the database failed: {exc}", sqlstate="28P01"))
+                    return
+                if reply:
+                    self.transport.write(reply)  # type: ignore[union-attr]
+            elif mtype == _S:
+                name, value = messages.parse_parameter_status(payload)
+                self.server_params[name] = value
+            elif mtype == _K:
+                self.process_id, self.secret_key = messages.parse_backend_key_data(payload)
+            elif mtype == _E:
+                fields = messages.parse_error_fields(payload)
+                self._fail(
+                    BackendUnavailable(
+                        f"the database refused the connection: {fields.get('M', '')}",
+                        sqlstate=fields.get("C", "08006"),
+                        fatal_fields=fields,
+                    )
+                )
+                return
+            elif mtype == _Z:
+                self.state = IDLE
+                self.scanner.interesting = _FORWARD_INTERESTING
+                self._resolve(None)
+
+    # ------------------------------------------------------------------ the proxy's own queries
+    async def query(self, sql: bytes) -> List[List[Optional[str]]]:
+        """Run SQL (simple protocol) for the proxy itself; returns the rows of the last result."""
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        self._rows = []
+        self._error = None
+        previous_client = self.client
+        self.client = None
+        self.state = INTERNAL
+        self.scanner.interesting = _INTERNAL_INTERESTING
+        self.transport.write(messages.query(sql))  # type: ignore[union-attr]
+        try:
+            return await self._waiter
+        finally:
+            self.client = previous_client
+            self.scanner.interesting = _FORWARD_INTERESTING
+            if self.state == INTERNAL:
+                self.state = ATTACHED if previous_client is not None else IDLE
+
+    def _internal_events(self, events: list) -> None:
+        for mtype, payload, _end in events:
+            if mtype == _D:
+                self._rows.append(_parse_data_row(payload))
+            elif mtype == _E:
+                self._error = messages.parse_error_fields(payload)
+            elif mtype == _Z:
+                if payload[:1] != b"I":
+                    # our own statements never leave a transaction open; if one did, this connection is unsafe
+                    self.broken = True
+                if self._error is not None:
+                    self._fail(InternalQueryError(self._error))
+                else:
+                    self._resolve(self._rows)
+
+    def _resolve(self, value: Any) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(value)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.broken = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if self.transport is not None and self.state != CLOSED:
+            self.transport.abort()
+
+    # ------------------------------------------------------------------ pool hooks
+    def attach(self, client: PgClient) -> None:
+        self.client = client
+        self.state = ATTACHED
+
+    def detach(self) -> None:
+        self.client = None
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def on_idle(self) -> None:
+        self.state = IDLE
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.state != CLOSED and self.transport is not None:
+            self.state = CLOSED
+            try:
+                self.transport.write(messages.terminate())
+            finally:
+                self.transport.close()
+
+
+async def connect(
+    address: str,
+    host: str,
+    port: int,
+    user: str,
+    password: Optional[str],
+    database: str,
+    owner: Any,
+    *,
+    timeout: float = 10.0,
+    startup_params: Optional[Dict[str, str]] = None,
+) -> PgBackend:
+    """Open and authenticate a server connection; raises BackendUnavailable."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, backend = await asyncio.wait_for(
+            loop.create_connection(lambda: PgBackend(address, user, password, database, owner), host, port), timeout
+        )
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise BackendUnavailable(f"could not connect to the database at {address}: {exc}", sqlstate="08001") from None
+    try:
+        await asyncio.wait_for(backend.start(startup_params or {}), timeout)
+    except asyncio.TimeoutError:
+        backend.transport.abort()  # type: ignore[union-attr]
+        raise BackendUnavailable(f"the database at {address} did not finish startup in {timeout:g} s") from None
+    return backend

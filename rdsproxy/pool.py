@@ -1,0 +1,302 @@
+"""Backend connection pools: one budget per target shared by (user, database) pools, FIFO waiters, LIFO reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
+
+from .errors import RdsProxyError
+
+if TYPE_CHECKING:
+    from .metrics import TargetStats
+
+log = logging.getLogger("rdsproxy.pool")
+
+PoolKey = Tuple[str, str]  # (user, database)
+
+
+class BorrowTimeout(RdsProxyError):
+    """No backend connection became available within connection_borrow_timeout."""
+
+
+class BackendUnavailable(RdsProxyError):
+    """A new backend connection could not be opened (server down, auth refused, ...)."""
+
+    def __init__(self, message: str, *, sqlstate: str = "08006", fatal_fields: Optional[dict] = None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        # ErrorResponse fields from the server when it refused us (e.g. unknown database): shown to the client
+        self.fatal_fields = fatal_fields
+
+
+class PooledBackend:
+    """What the pool needs from an engine's backend connection (duck-typed base for documentation)."""
+
+    key: PoolKey
+    idle_since: float
+    broken: bool
+
+    def close(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _Waiter:
+    __slots__ = ("key", "future", "enqueued")
+
+    def __init__(self, key: PoolKey, future: asyncio.Future, enqueued: float):
+        self.key = key
+        self.future = future
+        self.enqueued = enqueued
+
+
+Connector = Callable[[PoolKey], Awaitable[Any]]
+
+
+class TargetPool:
+    """All backend connections to one target, under that target's connection budget.
+
+    Borrowing is synchronous when an idle backend of the right (user, database) exists (the common case), so the
+    data path only awaits when it must open a connection or queue.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        connector: Connector,
+        stats: TargetStats,
+        *,
+        limit: int,
+        max_idle_percent: int,
+        idle_backend_timeout: float,
+    ) -> None:
+        self.address = address
+        self._connector = connector
+        self.stats = stats
+        self.limit = limit
+        self.max_idle_percent = max_idle_percent
+        self.idle_backend_timeout = idle_backend_timeout
+        self._idle: Dict[PoolKey, List[Any]] = {}
+        self._idle_count = 0
+        self._opening = 0
+        self._total = 0  # open + opening backends: what counts against the budget
+        self._borrowed = 0
+        self._waiters: Deque[_Waiter] = deque()
+        self._closed = False
+        self.params_cache: Dict[PoolKey, Dict[str, str]] = {}
+        stats.MaxDatabaseConnectionsAllowed = limit
+
+    # ------------------------------------------------------------------ borrowing
+    def try_borrow(self, key: PoolKey) -> Any:
+        """An idle backend for `key` right now, or None (then call `borrow`)."""
+        # An idle backend for `key` implies nobody waits for `key` (it would have been handed over), so taking
+        # it does not jump the FIFO queue.
+        idle = self._idle.get(key)
+        if idle:
+            backend = idle.pop()  # LIFO: the warmest connection, and lets the coldest age out
+            self._idle_count -= 1
+            self.stats.DatabaseConnectionRequests += 1
+            self._mark_borrowed(0.0)
+            return backend
+        return None
+
+    async def borrow(self, key: PoolKey, timeout: float) -> Any:
+        """Wait (FIFO) for a backend for `key`; raises BorrowTimeout or BackendUnavailable."""
+        if self._closed:
+            raise BackendUnavailable("the proxy is shutting down", sqlstate="57P01")
+        backend = self.try_borrow(key)
+        if backend is not None:
+            return backend
+        start = time.monotonic()
+        self.stats.DatabaseConnectionRequests += 1
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(key, loop.create_future(), start)
+        self._waiters.append(waiter)
+        self._make_room_for(waiter)
+        try:
+            backend = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except asyncio.TimeoutError:
+            self._drop_waiter(waiter)
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                # handed over in the same instant the timer fired: give it back rather than leak it
+                self.give_back(waiter.future.result())
+            self.stats.DatabaseConnectionBorrowTimeouts += 1
+            raise BorrowTimeout(f"timed out after {timeout:g} s waiting for a database connection") from None
+        except BaseException:
+            self._drop_waiter(waiter)
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                self.give_back(waiter.future.result())
+            raise
+        self._mark_borrowed(time.monotonic() - start)
+        return backend
+
+    def _mark_borrowed(self, waited: float) -> None:
+        self._borrowed += 1
+        self.stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
+        self.stats.DatabaseConnectionsBorrowLatency.observe(int(waited * 1_000_000))
+
+    def _drop_waiter(self, waiter: _Waiter) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def _make_room_for(self, waiter: _Waiter) -> None:
+        """Open a connection for the head waiter if the budget allows, evicting an idle one of another key."""
+        if self._closed:
+            return
+        wanted = sum(1 for w in self._waiters if not w.future.done())
+        while self._opening < wanted:
+            if self._total < self.limit:
+                self._open_for(waiter.key)
+            elif self._evict_idle_other_than(waiter.key):
+                self._open_for(waiter.key)
+            else:
+                return
+
+    def _evict_idle_other_than(self, key: PoolKey) -> bool:
+        for other_key, idle in self._idle.items():
+            if other_key != key and idle:
+                backend = idle.pop(0)  # the coldest
+                self._idle_count -= 1
+                self._discard(backend)
+                return True
+        return False
+
+    def _open_for(self, key: PoolKey) -> None:
+        self._opening += 1
+        self._total += 1
+        asyncio.ensure_future(self._open(key))
+
+    async def _open(self, key: PoolKey) -> None:
+        try:
+            backend = await self._connector(key)
+        except BaseException as exc:  # noqa: B036 - the waiter must hear about every failure
+            self._opening -= 1
+            self._total -= 1
+            self.stats.DatabaseConnectionsSetupFailed += 1
+            self._fail_one_waiter(key, exc)
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+                raise
+            return
+        self._opening -= 1
+        self.stats.DatabaseConnectionsSetupSucceeded += 1
+        self.stats.DatabaseConnections += 1
+        if self._closed:
+            self._total -= 1
+            self.stats.DatabaseConnections -= 1
+            backend.close()
+            return
+        backend.key = key
+        self._place(backend)
+
+    def _fail_one_waiter(self, key: PoolKey, exc: BaseException) -> None:
+        if not isinstance(exc, RdsProxyError):
+            exc = BackendUnavailable(f"could not connect to the database: {exc}")
+        for waiter in self._waiters:
+            if waiter.key == key and not waiter.future.done():
+                waiter.future.set_exception(exc)
+                self._drop_waiter(waiter)
+                return
+
+    # ------------------------------------------------------------------ returning
+    def give_back(self, backend: Any) -> None:
+        """A borrowed backend is clean and idle again: hand it to a waiter or keep it."""
+        self._borrowed -= 1
+        self.stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
+        if backend.broken or self._closed:
+            self._discard(backend)
+            return
+        self._place(backend)
+
+    def discard_borrowed(self, backend: Any) -> None:
+        """A borrowed backend cannot be reused (dirty, broken): close it and free its budget slot."""
+        self._borrowed -= 1
+        self.stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
+        self._discard(backend)
+
+    def _place(self, backend: Any) -> None:
+        key = backend.key
+        for waiter in self._waiters:
+            if waiter.key == key and not waiter.future.done():
+                self._waiters.remove(waiter)
+                waiter.future.set_result(backend)
+                return
+        backend.idle_since = time.monotonic()
+        self._idle.setdefault(key, []).append(backend)
+        self._idle_count += 1
+        backend.on_idle()
+        if self._waiters:
+            # someone is waiting for another (user, database): this idle one may make room for them
+            self._make_room_for(self._waiters[0])
+
+    def _discard(self, backend: Any) -> None:
+        self._total -= 1
+        self.stats.DatabaseConnections -= 1
+        backend.close()
+        if self._waiters:
+            self._make_room_for(self._waiters[0])
+
+    def idle_backend_lost(self, backend: Any) -> None:
+        """An idle backend's connection died (server restart, pg_terminate_backend): forget it."""
+        idle = self._idle.get(backend.key)
+        if idle and backend in idle:
+            idle.remove(backend)
+            self._idle_count -= 1
+            self._discard(backend)
+
+    # ------------------------------------------------------------------ housekeeping
+    @property
+    def idle_count(self) -> int:
+        return self._idle_count
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @property
+    def borrowed(self) -> int:
+        return self._borrowed
+
+    @property
+    def max_idle(self) -> int:
+        return (self.limit * self.max_idle_percent) // 100
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.stats.MaxDatabaseConnectionsAllowed = self.limit
+
+    def reap_idle(self, now: Optional[float] = None) -> int:
+        """Close idle backends above max_idle that have been idle longer than idle_backend_timeout."""
+        now = time.monotonic() if now is None else now
+        excess = self._idle_count - self.max_idle
+        closed = 0
+        if excess <= 0:
+            return 0
+        candidates = sorted(
+            ((b.idle_since, key, b) for key, idle in self._idle.items() for b in idle), key=lambda t: t[0]
+        )
+        for idle_since, key, backend in candidates:
+            if closed >= excess or now - idle_since < self.idle_backend_timeout:
+                break
+            self._idle[key].remove(backend)
+            self._idle_count -= 1
+            self._discard(backend)
+            closed += 1
+        return closed
+
+    def close(self) -> None:
+        self._closed = True
+        for waiter in list(self._waiters):
+            if not waiter.future.done():
+                waiter.future.set_exception(BackendUnavailable("the proxy is shutting down", sqlstate="57P01"))
+        self._waiters.clear()
+        for idle in self._idle.values():
+            for backend in idle:
+                self._total -= 1
+                self.stats.DatabaseConnections -= 1
+                backend.close()
+            idle.clear()
+        self._idle_count = 0

@@ -1,0 +1,259 @@
+"""Sans-IO bookkeeping of one PostgreSQL client session: requests in flight, pinning, tracked parameters."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Dict, List, Optional, Tuple
+
+from ..._codec import classify_pg
+from ..._codec.flags import PIN_MASK, PIN_REASON_CODES, PIN_SET, SET_TRACKED
+from ...errors import ProtocolViolation
+from . import messages
+
+# Statements longer than this pin the session (RDS Proxy's rule: the proxy will not inspect them).
+MAX_INSPECTED_STATEMENT = 16 * 1024
+
+# Parameters PostgreSQL reports through ParameterStatus: a SET of one is seen and replayed, never pinned.
+TRACKED_REPORTED = frozenset({"application_name", "client_encoding", "datestyle", "intervalstyle", "timezone"})
+
+# Startup parameters that are not session settings.
+NON_GUC_STARTUP_KEYS = frozenset({"user", "database", "options", "replication"})
+
+# Canonical spellings for ParameterStatus messages sent to clients.
+CANONICAL_NAMES = {"datestyle": "DateStyle", "intervalstyle": "IntervalStyle", "timezone": "TimeZone"}
+
+READY_IDLE = ord("I")
+_Q, _P, _B, _D, _E, _C, _H, _S, _F, _X = (ord(c) for c in "QPBDECHSFX")
+_COPY_DATA, _COPY_DONE, _COPY_FAIL = ord("d"), ord("c"), ord("f")
+_EXTENDED = frozenset((_P, _B, _D, _E, _C, _H))
+_COPY = frozenset((_COPY_DATA, _COPY_DONE, _COPY_FAIL))
+_RFQ, _ERROR, _PARAMETER_STATUS, _COPY_IN, _COPY_BOTH = (ord(c) for c in "ZESGW")
+
+REASON_NAMED_STATEMENT = "named_prepared_statement"
+REASON_TOO_LONG = "statement_too_long"
+
+
+def statement_digest(sql: bytes) -> str:
+    """A short stable name for a statement in logs and metrics, without its text."""
+    return hashlib.sha1(sql).hexdigest()[:12]
+
+
+def valid_setting_name(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "_." for c in name)
+
+
+class ClientBatch:
+    """What the adapter must do with one chunk of client messages."""
+
+    __slots__ = ("forward", "reply", "terminate", "new_pins", "requests")
+
+    def __init__(self) -> None:
+        self.forward: Optional[bytes] = None  # bytes for the backend (None: nothing)
+        self.reply: bytes = b""  # bytes the proxy answers itself, to the client
+        self.terminate = False  # the client sent Terminate
+        self.new_pins: List[Tuple[str, str]] = []  # (reason code, statement digest)
+        self.requests = 0  # Query/Execute messages seen (QueryRequests)
+
+
+class PgSession:
+    """Request accounting and session-state decisions for one client, fed with framed messages.
+
+    The adapter feeds client messages (from ClientFramer) and the backend events (from ServerScanner) and asks
+    `releasable` whether the backend can go back to the pool.
+    """
+
+    __slots__ = (
+        "outstanding",
+        "batch_open",
+        "copy_in",
+        "syncs_since_execute",
+        "status",
+        "pinned",
+        "pin_reasons",
+        "wanted",
+        "exclude_variable_sets",
+        "failing",
+        "debug_statements",
+    )
+
+    def __init__(self, *, exclude_variable_sets: bool = False) -> None:
+        self.outstanding = 0  # requests sent whose ReadyForQuery has not come back yet
+        self.batch_open = False  # extended-protocol messages sent since the last Sync
+        self.copy_in = False  # backend is in COPY FROM STDIN: the client's Syncs are ignored by it
+        self.syncs_since_execute = 0
+        self.status = READY_IDLE  # last ReadyForQuery transaction status
+        self.pinned = False
+        self.pin_reasons: List[str] = []
+        self.wanted: Dict[str, str] = {}  # tracked session parameters, lower-case name -> value
+        self.exclude_variable_sets = exclude_variable_sets
+        self.failing: Optional[Tuple[str, str]] = None  # (sqlstate, message) owed for the next request
+        self.debug_statements: Optional[List[Tuple[str, bytes]]] = None
+
+    # ------------------------------------------------------------------ startup
+    def set_startup_params(self, params: Dict[str, str]) -> None:
+        """Record the session settings of a StartupMessage (options already merged in)."""
+        for key, value in params.items():
+            lower = key.lower()
+            if lower in NON_GUC_STARTUP_KEYS or lower.startswith("_pq_."):
+                continue
+            if not valid_setting_name(lower):
+                raise ProtocolViolation(f"invalid startup parameter name {key!r}")
+            self.wanted[lower] = value
+
+    # ------------------------------------------------------------------ client -> backend
+    @property
+    def releasable(self) -> bool:
+        return self.outstanding == 0 and not self.batch_open and self.status == READY_IDLE and not self.pinned
+
+    def client_messages(self, buf: bytes, msgs: list) -> ClientBatch:
+        batch = ClientBatch()
+        forward_all = True
+        pieces: List[bytes] = []
+        fwd_from = 0
+        for mtype, start, end in msgs:
+            head = start - 5
+            if self.failing is not None and mtype != _X:
+                # the backend of this transaction is gone: answer the next request with the error
+                forward_all = False
+                if head > fwd_from:
+                    pieces.append(buf[fwd_from:head])
+                fwd_from = end
+                if mtype == _Q or mtype == _S or mtype == _F:
+                    sqlstate, message = self.failing
+                    self.failing = None
+                    batch.reply += messages.error_response("ERROR", sqlstate, message) + messages.ready_for_query(
+                        b"I"
+                    )
+                continue
+            if mtype == _Q:
+                self.outstanding += 1
+                self.syncs_since_execute = 0
+                batch.requests += 1
+                self._inspect(buf[start : end - 1], batch)
+            elif mtype in _EXTENDED:
+                self.batch_open = True
+                if mtype == _P:
+                    name_end = buf.find(b"\x00", start, end)
+                    query_end = buf.find(b"\x00", name_end + 1, end)
+                    if name_end < 0 or query_end < 0:
+                        raise ProtocolViolation("malformed Parse message: missing string terminator")
+                    if name_end > start:
+                        self._pin(REASON_NAMED_STATEMENT, buf[name_end + 1 : query_end], batch)
+                    self._inspect(buf[name_end + 1 : query_end], batch)
+                elif mtype == _E:
+                    batch.requests += 1
+                    self.syncs_since_execute = 0
+            elif mtype == _S:
+                self.batch_open = False
+                if not self.copy_in:
+                    self.outstanding += 1
+                    self.syncs_since_execute += 1
+            elif mtype in _COPY:
+                if mtype != _COPY_DATA:
+                    self.copy_in = False
+            elif mtype == _F:
+                self.outstanding += 1
+                batch.requests += 1
+            elif mtype == _X:
+                batch.terminate = True
+                forward_all = False
+                if head > fwd_from:
+                    pieces.append(buf[fwd_from:head])
+                fwd_from = len(buf)
+                break
+            else:
+                raise ProtocolViolation(f"unexpected message type {chr(mtype)!r} from the client")
+        if forward_all:
+            batch.forward = buf if msgs else None
+        else:
+            if fwd_from < len(buf):
+                pieces.append(buf[fwd_from:])
+            joined = b"".join(pieces)
+            batch.forward = joined or None
+        return batch
+
+    def _inspect(self, sql: bytes, batch: ClientBatch) -> None:
+        if self.debug_statements is not None:
+            self.debug_statements.append(("statement", sql))
+        if len(sql) > MAX_INSPECTED_STATEMENT:
+            self._pin(REASON_TOO_LONG, sql, batch)
+            return
+        flags = classify_pg(sql)
+        if not flags & PIN_MASK:
+            return
+        if self.exclude_variable_sets:
+            flags &= ~PIN_SET
+        for bit, reason in PIN_REASON_CODES.items():
+            if flags & bit:
+                self._pin(reason, sql, batch)
+
+    def _pin(self, reason: str, sql: bytes, batch: ClientBatch) -> None:
+        if reason in self.pin_reasons:
+            return
+        self.pinned = True
+        self.pin_reasons.append(reason)
+        batch.new_pins.append((reason, statement_digest(sql)))
+
+    # ------------------------------------------------------------------ backend -> client
+    def server_events(self, events: list, applied: Dict[str, str]) -> None:
+        """Account for the state-changing backend messages of one forwarded chunk.
+
+        `applied` is the backend's record of the tracked parameters in force on it; a ParameterStatus for one of
+        them (the client ran SET, or a transaction rolled one back) updates it and the client's wanted values.
+        """
+        for mtype, payload, _end in events:
+            if mtype == _RFQ:
+                self.outstanding -= 1
+                self.status = payload[0]
+            elif mtype == _PARAMETER_STATUS:
+                name, value = messages.parse_parameter_status(payload)
+                lower = name.lower()
+                if lower in TRACKED_REPORTED:
+                    self.wanted[lower] = value
+                    applied[lower] = value
+            elif mtype == _COPY_IN or mtype == _COPY_BOTH:
+                # Syncs sent after the Execute that started COPY are ignored by the server while it copies
+                self.outstanding -= self.syncs_since_execute
+                self.syncs_since_execute = 0
+                self.copy_in = True
+            elif mtype == _ERROR:
+                self.copy_in = False
+
+    # ------------------------------------------------------------------ failures
+    def fail_outstanding(self, sqlstate: str, message: str) -> bytes:
+        """Answer every request in flight with an error (their backend is gone or never came).
+
+        Returns the bytes for the client; an open extended batch or an interrupted transaction owes its error to
+        the client's next request instead.
+        """
+        reply = (messages.error_response("ERROR", sqlstate, message) + messages.ready_for_query(b"I")) * max(
+            self.outstanding, 0
+        )
+        owes_next = self.batch_open or (self.outstanding == 0 and self.status != READY_IDLE)
+        self.outstanding = 0
+        self.syncs_since_execute = 0
+        self.copy_in = False
+        self.status = READY_IDLE
+        if owes_next:
+            self.failing = (sqlstate, message)
+        self.batch_open = False
+        return reply
+
+    def sync_statements(self, applied: Dict[str, str]) -> Optional[bytes]:
+        """SQL that makes a backend's tracked parameters equal to this client's, or None when they already are."""
+        sets = [(k, v) for k, v in self.wanted.items() if applied.get(k) != v]
+        resets = [k for k in applied if k not in self.wanted]
+        if not sets and not resets:
+            return None
+        parts = []
+        if sets:
+            parts.append(
+                "SELECT "
+                + ", ".join(f"pg_catalog.set_config({_literal(k)}, {_literal(v)}, false)" for k, v in sets)
+            )
+        parts.extend(f'RESET "{k}"' for k in resets)
+        return "; ".join(parts).encode()
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
