@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import List, Optional
+from typing import Optional
 
 from .config import ProxyConfig
 from .errors import ConfigError
@@ -48,7 +48,7 @@ async def _run(config_path: str) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
         from .demo import main as demo_main
@@ -58,7 +58,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config", required=True, help="path to the proxy's TOML configuration file")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     _install_uvloop()
     try:
         return asyncio.run(_run(args.config))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 from .config import EndpointConfig, parse_host_port
 
@@ -22,10 +22,12 @@ class Listener:
         self.endpoint = endpoint
         self._factory = protocol_factory
         self._server: Optional[asyncio.AbstractServer] = None
-        self.address: Tuple[str, int] = ("", 0)
+        self.address: tuple[str, int] = ("", 0)
 
     async def start(self) -> None:
-        host, port = parse_host_port(self.endpoint.listen, what=f"endpoints.{self.endpoint.name}.listen", allow_zero=True)
+        host, port = parse_host_port(
+            self.endpoint.listen, what=f"endpoints.{self.endpoint.name}.listen", allow_zero=True
+        )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._factory, host, port, backlog=LISTEN_BACKLOG, reuse_address=True

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .errors import RdsProxyError
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rdsproxy.pool")
 
-PoolKey = Tuple[str, str]  # (user, database)
+PoolKey = tuple[str, str]  # (user, database)
 
 
 class BorrowTimeout(RdsProxyError):
@@ -78,14 +79,14 @@ class TargetPool:
         self.limit = limit
         self.max_idle_percent = max_idle_percent
         self.idle_backend_timeout = idle_backend_timeout
-        self._idle: Dict[PoolKey, List[Any]] = {}
+        self._idle: dict[PoolKey, list[Any]] = {}
         self._idle_count = 0
         self._opening = 0
         self._total = 0  # open + opening backends: what counts against the budget
         self._borrowed = 0
-        self._waiters: Deque[_Waiter] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._closed = False
-        self.params_cache: Dict[PoolKey, Dict[str, str]] = {}
+        self.params_cache: dict[PoolKey, dict[str, str]] = {}
         stats.MaxDatabaseConnectionsAllowed = limit
 
     # ------------------------------------------------------------------ borrowing
@@ -291,7 +292,9 @@ class TargetPool:
         self._closed = True
         for waiter in list(self._waiters):
             if not waiter.future.done():
-                waiter.future.set_exception(BackendUnavailable("the proxy is shutting down", sqlstate="57P01"))
+                waiter.future.set_exception(
+                    BackendUnavailable("the proxy is shutting down", sqlstate="57P01")
+                )
         self._waiters.clear()
         for idle in self._idle.values():
             for backend in idle:

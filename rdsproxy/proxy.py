@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
 from .admin import AdminServer
 from .config import ProxyConfig, parse_host_port
@@ -36,7 +36,7 @@ class Proxy:
         self.engine = _make_engine(config, self._metrics)
         self.targets = Targets(config, self.engine, self._metrics)
         self.engine.targets = self.targets
-        self._listeners: Dict[str, Listener] = {}
+        self._listeners: dict[str, Listener] = {}
         self._admin: Optional[AdminServer] = None
         self._janitor: Optional[asyncio.Task] = None
         self._closed: Optional[asyncio.Event] = None
@@ -55,7 +55,9 @@ class Proxy:
                 await listener.start()
                 self._listeners[endpoint.name] = listener
             if self.config.proxy.admin_listen:
-                host, port = parse_host_port(self.config.proxy.admin_listen, what="proxy.admin_listen", allow_zero=True)
+                host, port = parse_host_port(
+                    self.config.proxy.admin_listen, what="proxy.admin_listen", allow_zero=True
+                )
                 self._admin = AdminServer(self._metrics, health=self._health, stats=self._stats)
                 await self._admin.start(host, port)
         except BaseException:
@@ -110,14 +112,14 @@ class Proxy:
         log.info("configuration reloaded")
 
     # ------------------------------------------------------------------ introspection
-    def address(self, endpoint_name: str = "default") -> Tuple[str, int]:
+    def address(self, endpoint_name: str = "default") -> tuple[str, int]:
         return self._listeners[endpoint_name].address
 
     @property
-    def admin_address(self) -> Optional[Tuple[str, int]]:
+    def admin_address(self) -> Optional[tuple[str, int]]:
         return self._admin.address if self._admin is not None else None
 
-    def metrics(self) -> Dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         self.engine.refresh_gauges()
         return self._metrics.snapshot()
 
@@ -125,19 +127,23 @@ class Proxy:
     def metrics_registry(self) -> Metrics:
         return self._metrics
 
-    def pinned_sessions(self) -> List[Dict[str, Any]]:
+    def pinned_sessions(self) -> list[dict[str, Any]]:
         return [
             {"user": c.user, "database": c.database, "reasons": list(c.session.pin_reasons)}
             for c in self.engine.clients
             if c.session.pinned
         ]
 
-    def _health(self) -> Tuple[bool, dict]:
+    def _health(self) -> tuple[bool, dict]:
         return self.targets.healthy(), {"targets": self.targets.describe()}
 
     def _stats(self) -> dict:
         self.engine.refresh_gauges()
-        return {"proxy": self.config.proxy.name, "targets": self.targets.describe(), "clients": len(self.engine.clients)}
+        return {
+            "proxy": self.config.proxy.name,
+            "targets": self.targets.describe(),
+            "clients": len(self.engine.clients),
+        }
 
     async def _janitor_loop(self) -> None:
         while True:

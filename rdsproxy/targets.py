@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .config import parse_host_port
 from .errors import RdsProxyError
@@ -56,8 +56,8 @@ class Targets:
     def __init__(self, config: ProxyConfig, engine: Any, metrics: Metrics) -> None:
         self.engine = engine
         self.config = config
-        self.all: List[Target] = []
-        self.by_address: Dict[str, Target] = {}
+        self.all: list[Target] = []
+        self.by_address: dict[str, Target] = {}
         self._endpoint_roles = {e.name: e.target_role for e in config.endpoints}
         self._reader_turn = 0
         self._task: Optional[asyncio.Task] = None
@@ -65,9 +65,9 @@ class Targets:
         for address in tg.targets:
             host, port = parse_host_port(address, what=f"target {address!r}")
             stats = metrics.target(address)
-            target_ref: Dict[str, Target] = {}
+            target_ref: dict[str, Target] = {}
 
-            async def connector(key: Any, _ref: Dict[str, Target] = target_ref) -> Any:
+            async def connector(key: Any, _ref: dict[str, Target] = target_ref) -> Any:
                 return await engine.connect(_ref["target"], key)
 
             pool = TargetPool(
@@ -151,7 +151,7 @@ class Targets:
     def healthy(self) -> bool:
         return self.writer() is not None
 
-    def describe(self) -> List[Dict[str, Any]]:
+    def describe(self) -> list[dict[str, Any]]:
         return [
             {
                 "address": t.address,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional
 
 from .._codec import ServerScanner
 from ..errors import AuthenticationFailed, ProtocolViolation
@@ -31,15 +31,15 @@ CONNECTING, IDLE, ATTACHED, INTERNAL, CLOSED = range(5)
 class InternalQueryError(Exception):
     """The server answered one of the proxy's own queries with an error."""
 
-    def __init__(self, fields: Dict[str, str]):
+    def __init__(self, fields: dict[str, str]):
         super().__init__(f"{fields.get('C', '?????')}: {fields.get('M', 'error')}")
         self.fields = fields
 
 
-def _parse_data_row(payload: bytes) -> List[Optional[str]]:
+def _parse_data_row(payload: bytes) -> list[Optional[str]]:
     (count,) = struct.unpack_from("!h", payload, 0)
     pos = 2
-    row: List[Optional[str]] = []
+    row: list[Optional[str]] = []
     for _ in range(count):
         (size,) = struct.unpack_from("!i", payload, pos)
         pos += 4
@@ -58,23 +58,25 @@ class PgBackend(asyncio.Protocol):
         self.address = address
         self.user = user
         self.database = database
-        self.key: Tuple[str, str] = (user, database)
+        self.key: tuple[str, str] = (user, database)
         self.owner = owner  # the engine: told when an idle backend dies
         self.transport: Optional[asyncio.Transport] = None
         self.state = CONNECTING
         self.scanner = ServerScanner(_STARTUP_INTERESTING)
         self._auth = BackendAuthenticator(user, password)
-        self.server_params: Dict[str, str] = {}
+        self.server_params: dict[str, str] = {}
         self.process_id = 0
         self.secret_key = 0
-        self.applied: Dict[str, str] = {}  # tracked parameters set on this connection (beyond server defaults)
+        self.applied: dict[
+            str, str
+        ] = {}  # tracked parameters set on this connection (beyond server defaults)
         self.client: Optional[PgClient] = None
         self.idle_since = 0.0
         self.broken = False
         self.reading_paused = False
         self._waiter: Optional[asyncio.Future] = None
-        self._rows: List[List[Optional[str]]] = []
-        self._error: Optional[Dict[str, str]] = None
+        self._rows: list[list[Optional[str]]] = []
+        self._error: Optional[dict[str, str]] = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,7 +131,7 @@ class PgBackend(asyncio.Protocol):
             self.client.resume_reading()
 
     # ------------------------------------------------------------------ startup
-    async def start(self, startup_params: Dict[str, str]) -> None:
+    async def start(self, startup_params: dict[str, str]) -> None:
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         params = {"user": self.user, "database": self.database, **startup_params}
@@ -142,7 +144,9 @@ class PgBackend(asyncio.Protocol):
                 try:
                     reply = self._auth.handle(payload)
                 except (AuthenticationFailed, ProtocolViolation) as exc:
-                    self._fail(BackendUnavailable(f"authentication to the database failed: {exc}", sqlstate="28P01"))
+                    self._fail(
+                        BackendUnavailable(f"authentication to the database failed: {exc}", sqlstate="28P01")
+                    )
                     return
                 if reply:
                     self.transport.write(reply)  # type: ignore[union-attr]
@@ -167,7 +171,7 @@ class PgBackend(asyncio.Protocol):
                 self._resolve(None)
 
     # ------------------------------------------------------------------ the proxy's own queries
-    async def query(self, sql: bytes) -> List[List[Optional[str]]]:
+    async def query(self, sql: bytes) -> list[list[Optional[str]]]:
         """Run SQL (simple protocol) for the proxy itself; returns the rows of the last result."""
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
@@ -257,19 +261,24 @@ async def connect(
     owner: Any,
     *,
     timeout: float = 10.0,
-    startup_params: Optional[Dict[str, str]] = None,
+    startup_params: Optional[dict[str, str]] = None,
 ) -> PgBackend:
     """Open and authenticate a server connection; raises BackendUnavailable."""
     loop = asyncio.get_running_loop()
     try:
         _, backend = await asyncio.wait_for(
-            loop.create_connection(lambda: PgBackend(address, user, password, database, owner), host, port), timeout
+            loop.create_connection(lambda: PgBackend(address, user, password, database, owner), host, port),
+            timeout,
         )
     except (OSError, asyncio.TimeoutError) as exc:
-        raise BackendUnavailable(f"could not connect to the database at {address}: {exc}", sqlstate="08001") from None
+        raise BackendUnavailable(
+            f"could not connect to the database at {address}: {exc}", sqlstate="08001"
+        ) from None
     try:
         await asyncio.wait_for(backend.start(startup_params or {}), timeout)
     except asyncio.TimeoutError:
         backend.transport.abort()  # type: ignore[union-attr]
-        raise BackendUnavailable(f"the database at {address} did not finish startup in {timeout:g} s") from None
+        raise BackendUnavailable(
+            f"the database at {address} did not finish startup in {timeout:g} s"
+        ) from None
     return backend

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from .._codec import ClientFramer
 from ..errors import AuthenticationFailed, ProtocolViolation
@@ -44,13 +44,13 @@ class PgClient(asyncio.Protocol):
         self.key = ("", "")
         self.pool = None
         self.backend: Optional[PgBackend] = None
-        self.pending: Optional[List[bytes]] = None  # requests waiting for a backend
+        self.pending: Optional[list[bytes]] = None  # requests waiting for a backend
         self._task: Optional[asyncio.Future] = None
         self._auth: Optional[Union[ScramServer, Md5Server]] = None
         self._auth_failed_user: Optional[str] = None
         self.process_id = 0
         self.secret_key = 0
-        self.last_activity = time.monotonic()
+        self.last_activity = self.connected_at = time.monotonic()
         self.request_started = 0.0
         self.db_request_started = 0.0
         self.reading_paused = False
@@ -155,11 +155,13 @@ class PgClient(asyncio.Protocol):
 
     async def _borrow_slow(self, backend: Optional[PgBackend]) -> None:
         engine = self.engine
+        syncing = False
         try:
             if backend is None:
                 backend = await engine.borrow(self.endpoint_name, self.key)
             sql = self.session.sync_statements(backend.applied)
             if sql is not None:
+                syncing = True
                 try:
                     await backend.query(sql)
                 except InternalQueryError as exc:
@@ -169,6 +171,7 @@ class PgClient(asyncio.Protocol):
                     self.fatal(exc.fields.get("C", "22023"), exc.fields.get("M", "invalid session setting"))
                     return
                 backend.applied = dict(self.session.wanted)
+                syncing = False
         except BorrowTimeout as exc:
             self._fail_pending(
                 "53300",
@@ -180,7 +183,10 @@ class PgClient(asyncio.Protocol):
             return
         except asyncio.CancelledError:
             if backend is not None and backend.client is None:
-                engine.return_clean(backend)
+                if syncing:
+                    engine.discard_backend(backend)  # our SET is still in flight on it: not reusable
+                else:
+                    engine.return_clean(backend)
             raise
         if self.state == CLOSED:
             engine.return_clean(backend)
@@ -329,7 +335,7 @@ class PgClient(asyncio.Protocol):
             self._welcome(params)
             self.resume_reading()
 
-    def _welcome(self, server_params: Dict[str, str]) -> None:
+    def _welcome(self, server_params: dict[str, str]) -> None:
         reported = dict(server_params)
         for lower, value in self.session.wanted.items():
             if lower in TRACKED_REPORTED:

@@ -6,14 +6,14 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from ..pool import BackendUnavailable, PoolKey, TargetPool
 from ..protocol.pg import messages
 from ..protocol.pg.auth import Md5Server, ScramServer, ScramVerifier
 from . import backend as pg_backend
 from .backend import InternalQueryError, PgBackend
-from .client import PgClient
+from .client import AUTH, READY, STARTUP, PgClient
 
 if TYPE_CHECKING:
     from ..config import ProxyConfig
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rdsproxy.engine")
 debug_log = logging.getLogger("rdsproxy.debug")
+
+# Like PostgreSQL's authentication_timeout: a connection must finish startup and auth within this.
+AUTHENTICATION_TIMEOUT = 60.0
+UNAUTHENTICATED = (STARTUP, AUTH)
 
 PROBE_SQL = (
     b"SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_setting('max_connections'),"
@@ -47,10 +51,10 @@ class PgEngine:
         self.metrics = metrics
         self.clients: set = set()
         self.targets: Optional[Targets] = None
-        self._cancel_keys: Dict[int, PgClient] = {}
+        self._cancel_keys: dict[int, PgClient] = {}
         self._next_process_id = 1
-        self._verifiers: Dict[Tuple[str, str], ScramVerifier] = {}
-        self._passwords: Dict[str, str] = {}
+        self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
+        self._passwords: dict[str, str] = {}
         self._decoy = ScramVerifier.from_password(secrets.token_urlsafe(24))
         self.apply_config(config)
 
@@ -163,11 +167,11 @@ class PgEngine:
             target.pool.params_cache[key] = dict(backend.server_params)
         return backend
 
-    def cached_server_params(self, endpoint_name: str, key: PoolKey) -> Optional[Dict[str, str]]:
+    def cached_server_params(self, endpoint_name: str, key: PoolKey) -> Optional[dict[str, str]]:
         pool = self.pool_for(endpoint_name)
         return pool.params_cache.get(key) if pool is not None else None
 
-    async def learn_server_params(self, endpoint_name: str, key: PoolKey) -> Dict[str, str]:
+    async def learn_server_params(self, endpoint_name: str, key: PoolKey) -> dict[str, str]:
         """Borrow a backend once so the client's welcome carries the server's real parameters."""
         backend = await self.borrow(endpoint_name, key)
         params = dict(backend.server_params)
@@ -194,7 +198,7 @@ class PgEngine:
         return ProbeResult(in_recovery == "f", int(max_connections or 0), int(reserved or 0))
 
     # ------------------------------------------------------------------ cancel
-    def register_cancel_key(self, client: PgClient) -> Tuple[int, int]:
+    def register_cancel_key(self, client: PgClient) -> tuple[int, int]:
         process_id = self._next_process_id
         self._next_process_id = process_id + 1 if process_id < 0x7FFFFFFF else 1
         secret = secrets.randbits(31)
@@ -217,7 +221,7 @@ class PgEngine:
             del self._cancel_keys[client.process_id]
 
     # ------------------------------------------------------------------ metrics and logging
-    def record_pins(self, client: PgClient, pins: List[Tuple[str, str]]) -> None:
+    def record_pins(self, client: PgClient, pins: list[tuple[str, str]]) -> None:
         if len(client.session.pin_reasons) == len(pins):  # the session just became pinned: one event
             target = self.targets.for_endpoint(client.endpoint_name)  # type: ignore[union-attr]
             if target is not None:
@@ -225,14 +229,18 @@ class PgEngine:
         if self.debug_logging:
             for reason, digest in pins:
                 debug_log.info(
-                    "client %d (user %s) pinned: reason=%s statement=%s", client.process_id, client.user, reason, digest
+                    "client %d (user %s) pinned: reason=%s statement=%s",
+                    client.process_id,
+                    client.user,
+                    reason,
+                    digest,
                 )
 
     def refresh_gauges(self) -> None:
         """Gauges derived from live sessions, computed when metrics are read rather than on the data path."""
         if self.targets is None:
             return
-        counts: Dict[str, List[int]] = {t.address: [0, 0] for t in self.targets.all}
+        counts: dict[str, list[int]] = {t.address: [0, 0] for t in self.targets.all}
         for client in self.clients:
             backend = client.backend
             if backend is not None and backend.address in counts:
@@ -253,6 +261,11 @@ class PgEngine:
         now = time.monotonic() if now is None else now
         closed = 0
         for client in list(self.clients):
+            if client.state != READY:
+                if client.state in UNAUTHENTICATED and now - client.connected_at > AUTHENTICATION_TIMEOUT:
+                    client.fatal("08P01", "canceling authentication due to timeout")
+                    closed += 1
+                continue
             if client.session.outstanding > 0 or client.pending is not None:
                 continue
             if now - client.last_activity > idle_timeout:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 from ..._codec import classify_pg
-from ..._codec.flags import PIN_MASK, PIN_REASON_CODES, PIN_SET, SET_TRACKED
+from ..._codec.flags import PIN_MASK, PIN_REASON_CODES, PIN_SET
 from ...errors import ProtocolViolation
 from . import messages
 
@@ -14,7 +14,9 @@ from . import messages
 MAX_INSPECTED_STATEMENT = 16 * 1024
 
 # Parameters PostgreSQL reports through ParameterStatus: a SET of one is seen and replayed, never pinned.
-TRACKED_REPORTED = frozenset({"application_name", "client_encoding", "datestyle", "intervalstyle", "timezone"})
+TRACKED_REPORTED = frozenset(
+    {"application_name", "client_encoding", "datestyle", "intervalstyle", "timezone"}
+)
 
 # Startup parameters that are not session settings.
 NON_GUC_STARTUP_KEYS = frozenset({"user", "database", "options", "replication"})
@@ -51,7 +53,7 @@ class ClientBatch:
         self.forward: Optional[bytes] = None  # bytes for the backend (None: nothing)
         self.reply: bytes = b""  # bytes the proxy answers itself, to the client
         self.terminate = False  # the client sent Terminate
-        self.new_pins: List[Tuple[str, str]] = []  # (reason code, statement digest)
+        self.new_pins: list[tuple[str, str]] = []  # (reason code, statement digest)
         self.requests = 0  # Query/Execute messages seen (QueryRequests)
 
 
@@ -83,14 +85,14 @@ class PgSession:
         self.syncs_since_execute = 0
         self.status = READY_IDLE  # last ReadyForQuery transaction status
         self.pinned = False
-        self.pin_reasons: List[str] = []
-        self.wanted: Dict[str, str] = {}  # tracked session parameters, lower-case name -> value
+        self.pin_reasons: list[str] = []
+        self.wanted: dict[str, str] = {}  # tracked session parameters, lower-case name -> value
         self.exclude_variable_sets = exclude_variable_sets
-        self.failing: Optional[Tuple[str, str]] = None  # (sqlstate, message) owed for the next request
-        self.debug_statements: Optional[List[Tuple[str, bytes]]] = None
+        self.failing: Optional[tuple[str, str]] = None  # (sqlstate, message) owed for the next request
+        self.debug_statements: Optional[list[tuple[str, bytes]]] = None
 
     # ------------------------------------------------------------------ startup
-    def set_startup_params(self, params: Dict[str, str]) -> None:
+    def set_startup_params(self, params: dict[str, str]) -> None:
         """Record the session settings of a StartupMessage (options already merged in)."""
         for key, value in params.items():
             lower = key.lower()
@@ -108,7 +110,7 @@ class PgSession:
     def client_messages(self, buf: bytes, msgs: list) -> ClientBatch:
         batch = ClientBatch()
         forward_all = True
-        pieces: List[bytes] = []
+        pieces: list[bytes] = []
         fwd_from = 0
         for mtype, start, end in msgs:
             head = start - 5
@@ -121,9 +123,9 @@ class PgSession:
                 if mtype == _Q or mtype == _S or mtype == _F:
                     sqlstate, message = self.failing
                     self.failing = None
-                    batch.reply += messages.error_response("ERROR", sqlstate, message) + messages.ready_for_query(
-                        b"I"
-                    )
+                    batch.reply += messages.error_response(
+                        "ERROR", sqlstate, message
+                    ) + messages.ready_for_query(b"I")
                 continue
             if mtype == _Q:
                 self.outstanding += 1
@@ -195,7 +197,7 @@ class PgSession:
         batch.new_pins.append((reason, statement_digest(sql)))
 
     # ------------------------------------------------------------------ backend -> client
-    def server_events(self, events: list, applied: Dict[str, str]) -> None:
+    def server_events(self, events: list, applied: dict[str, str]) -> None:
         """Account for the state-changing backend messages of one forwarded chunk.
 
         `applied` is the backend's record of the tracked parameters in force on it; a ParameterStatus for one of
@@ -239,7 +241,7 @@ class PgSession:
         self.batch_open = False
         return reply
 
-    def sync_statements(self, applied: Dict[str, str]) -> Optional[bytes]:
+    def sync_statements(self, applied: dict[str, str]) -> Optional[bytes]:
         """SQL that makes a backend's tracked parameters equal to this client's, or None when they already are."""
         sets = [(k, v) for k, v in self.wanted.items() if applied.get(k) != v]
         resets = [k for k in applied if k not in self.wanted]
