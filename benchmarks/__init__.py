@@ -1,0 +1,1 @@
+"""rdsproxy benchmarks: run with `pytest benchmarks/` (not part of `make test`)."""
