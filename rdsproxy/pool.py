@@ -18,6 +18,9 @@ log = logging.getLogger("rdsproxy.pool")
 
 PoolKey = tuple[str, str]  # (user, database)
 
+# SQLSTATE too_many_connections: the server is full, which is not the waiting client's fault.
+SERVER_FULL = "53300"
+
 
 class BorrowTimeout(RdsProxyError):
     """No backend connection became available within connection_borrow_timeout."""
@@ -178,7 +181,16 @@ class TargetPool:
             self._opening -= 1
             self._total -= 1
             self.stats.DatabaseConnectionsSetupFailed += 1
-            self._fail_one_waiter(key, exc)
+            if getattr(exc, "sqlstate", None) == SERVER_FULL and self._total > 0:
+                # Someone else holds server slots our budget counted on: shrink to what we have and let the
+                # waiter queue for a backend that comes back, within its borrow timeout, instead of failing it.
+                log.warning(
+                    "%s refused a connection (too many connections): pool limited to %d", self.address, self._total
+                )
+                self.limit = self._total
+                self.stats.MaxDatabaseConnectionsAllowed = self.limit
+            else:
+                self._fail_one_waiter(key, exc)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                 raise
             return
@@ -292,9 +304,7 @@ class TargetPool:
         self._closed = True
         for waiter in list(self._waiters):
             if not waiter.future.done():
-                waiter.future.set_exception(
-                    BackendUnavailable("the proxy is shutting down", sqlstate="57P01")
-                )
+                waiter.future.set_exception(BackendUnavailable("the proxy is shutting down", sqlstate="57P01"))
         self._waiters.clear()
         for idle in self._idle.values():
             for backend in idle:
