@@ -50,10 +50,13 @@ class AdminServer:
         *,
         health: Callable[[], tuple[bool, dict]],
         stats: Callable[[], dict],
+        refresh: Callable[[], None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._health = health
         self._stats = stats
+        # Recomputes gauges derived from live sessions, so a scrape never shows values up to a janitor pass old.
+        self._refresh = refresh
         # A private registry so /metrics shows only this proxy, never process-wide default collectors.
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(metrics.collector())
@@ -143,6 +146,8 @@ class AdminServer:
             return HTTPStatus.METHOD_NOT_ALLOWED, _TEXT, b"method not allowed\n", allow
         try:
             if path == "/metrics":
+                if self._refresh is not None:
+                    self._refresh()
                 return HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(self._registry), ()
             if path == "/healthz":
                 healthy, details = self._health()

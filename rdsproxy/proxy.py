@@ -58,7 +58,9 @@ class Proxy:
                 host, port = parse_host_port(
                     self.config.proxy.admin_listen, what="proxy.admin_listen", allow_zero=True
                 )
-                self._admin = AdminServer(self._metrics, health=self._health, stats=self._stats)
+                self._admin = AdminServer(
+                    self._metrics, health=self._health, stats=self._stats, refresh=self.engine.refresh_gauges
+                )
                 await self._admin.start(host, port)
         except BaseException:
             await self._shutdown(drain_timeout=0)

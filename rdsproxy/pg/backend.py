@@ -67,9 +67,7 @@ class PgBackend(asyncio.Protocol):
         self.server_params: dict[str, str] = {}
         self.process_id = 0
         self.secret_key = 0
-        self.applied: dict[
-            str, str
-        ] = {}  # tracked parameters set on this connection (beyond server defaults)
+        self.applied: dict[str, str] = {}  # tracked parameters set on this connection (beyond server defaults)
         self.client: Optional[PgClient] = None
         self.idle_since = 0.0
         self.broken = False
@@ -144,9 +142,7 @@ class PgBackend(asyncio.Protocol):
                 try:
                     reply = self._auth.handle(payload)
                 except (AuthenticationFailed, ProtocolViolation) as exc:
-                    self._fail(
-                        BackendUnavailable(f"authentication to the database failed: {exc}", sqlstate="28P01")
-                    )
+                    self._fail(BackendUnavailable(f"authentication to the database failed: {exc}", sqlstate="28P01"))
                     return
                 if reply:
                     self.transport.write(reply)  # type: ignore[union-attr]
@@ -201,7 +197,10 @@ class PgBackend(asyncio.Protocol):
                     # our own statements never leave a transaction open; if one did, this connection is unsafe
                     self.broken = True
                 if self._error is not None:
-                    self._fail(InternalQueryError(self._error))
+                    # the connection itself is fine: only this statement failed
+                    waiter, self._waiter = self._waiter, None
+                    if waiter is not None and not waiter.done():
+                        waiter.set_exception(InternalQueryError(self._error))
                 else:
                     self._resolve(self._rows)
 
@@ -271,14 +270,10 @@ async def connect(
             timeout,
         )
     except (OSError, asyncio.TimeoutError) as exc:
-        raise BackendUnavailable(
-            f"could not connect to the database at {address}: {exc}", sqlstate="08001"
-        ) from None
+        raise BackendUnavailable(f"could not connect to the database at {address}: {exc}", sqlstate="08001") from None
     try:
         await asyncio.wait_for(backend.start(startup_params or {}), timeout)
     except asyncio.TimeoutError:
         backend.transport.abort()  # type: ignore[union-attr]
-        raise BackendUnavailable(
-            f"the database at {address} did not finish startup in {timeout:g} s"
-        ) from None
+        raise BackendUnavailable(f"the database at {address} did not finish startup in {timeout:g} s") from None
     return backend

@@ -12,7 +12,7 @@ from ..errors import AuthenticationFailed, ProtocolViolation
 from ..pool import BackendUnavailable, BorrowTimeout
 from ..protocol.pg import messages
 from ..protocol.pg.auth import Md5Server, ScramServer
-from ..protocol.pg.session import CANONICAL_NAMES, TRACKED_REPORTED, PgSession
+from ..protocol.pg.session import PgSession
 from .backend import InternalQueryError, PgBackend
 
 if TYPE_CHECKING:
@@ -288,7 +288,7 @@ class PgClient(asyncio.Protocol):
         if self._auth is None:
             # unknown user: run the same exchange against a throwaway secret so the answer reveals nothing
             self._auth_failed_user = self.user
-            self._auth = self.engine.decoy_authenticator()
+            self._auth = self.engine.decoy_authenticator(self.user)
         self.transport.write(self._auth.start())  # type: ignore[union-attr]
 
     def _password_message(self, body: bytes) -> None:
@@ -311,16 +311,16 @@ class PgClient(asyncio.Protocol):
             raise AuthenticationFailed("unknown user")
         self._auth = None
         self.state = SETUP
-        params = self.engine.cached_server_params(self.endpoint_name, self.key)
-        if params is not None:
-            self._welcome(params)
+        welcome = self.engine.cached_welcome(self.endpoint_name, self.key, self.session.wanted)
+        if welcome is not None:
+            self._welcome(welcome)
             return
         self.pause_reading()
-        self._task = asyncio.ensure_future(self._learn_server_params())
+        self._task = asyncio.ensure_future(self._prepare_welcome())
 
-    async def _learn_server_params(self) -> None:
+    async def _prepare_welcome(self) -> None:
         try:
-            params = await self.engine.learn_server_params(self.endpoint_name, self.key)
+            welcome = await self.engine.prepare_welcome(self.endpoint_name, self.key, self.session.wanted)
         except BackendUnavailable as exc:
             if exc.fatal_fields:
                 fields = exc.fatal_fields
@@ -328,19 +328,19 @@ class PgClient(asyncio.Protocol):
             else:
                 self.fatal(exc.sqlstate, str(exc))
             return
+        except InternalQueryError as exc:
+            # an invalid startup setting: PostgreSQL refuses such a connection, and so do we
+            self.fatal(exc.fields.get("C", "22023"), exc.fields.get("M", "invalid startup parameter"))
+            return
         except BorrowTimeout as exc:
             self.fatal("53300", f"{self.engine.proxy_name}: {exc}")
             return
         if self.state != CLOSED:
-            self._welcome(params)
+            self._welcome(welcome)
             self.resume_reading()
 
-    def _welcome(self, server_params: dict[str, str]) -> None:
-        reported = dict(server_params)
-        for lower, value in self.session.wanted.items():
-            if lower in TRACKED_REPORTED:
-                name = CANONICAL_NAMES.get(lower, lower)
-                reported[name] = value
+    def _welcome(self, reported: dict[str, str]) -> None:
+        reported = dict(reported)
         reported["session_authorization"] = self.user
         self.process_id, self.secret_key = self.engine.register_cancel_key(self)
         out = [messages.authentication_ok()]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Optional, Union
 from ..pool import BackendUnavailable, PoolKey, TargetPool
 from ..protocol.pg import messages
 from ..protocol.pg.auth import Md5Server, ScramServer, ScramVerifier
+from ..protocol.pg.session import CANONICAL_NAMES, TRACKED_REPORTED, sql_literal, sync_sql
 from . import backend as pg_backend
 from .backend import InternalQueryError, PgBackend
 from .client import AUTH, READY, STARTUP, PgClient
@@ -55,6 +56,7 @@ class PgEngine:
         self._next_process_id = 1
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
         self._passwords: dict[str, str] = {}
+        self._validated_settings: dict[tuple, dict[str, str]] = {}
         self._decoy = ScramVerifier.from_password(secrets.token_urlsafe(24))
         self.apply_config(config)
 
@@ -98,7 +100,10 @@ class PgEngine:
             self._verifiers[(user, password)] = verifier
         return ScramServer(verifier)
 
-    def decoy_authenticator(self) -> ScramServer:
+    def decoy_authenticator(self, user: str) -> Union[ScramServer, Md5Server]:
+        """For an unknown user: the method known users get, so the exchange does not reveal who exists."""
+        if self.config.auth[0].client_password_auth_type == "POSTGRES_MD5":
+            return Md5Server(user, secrets.token_urlsafe(24))
         return ScramServer(self._decoy)
 
     # ------------------------------------------------------------------ targets and pools
@@ -140,6 +145,9 @@ class PgEngine:
     async def _discard_all(self, backend: PgBackend) -> None:
         try:
             await backend.query(b"DISCARD ALL")
+            if self.init_query:
+                # DISCARD ALL also undid init_query's session settings: the backend must look new again
+                await backend.query(self.init_query)
         except (InternalQueryError, BackendUnavailable, OSError) as exc:
             log.info("closing a pinned backend that could not be reset: %s", exc)
             self.discard_backend(backend)
@@ -154,9 +162,7 @@ class PgEngine:
         """Open a pooled backend connection for (user, database) on `target` (the pool's connector)."""
         user, database = key
         password = self.password_of(user)
-        backend = await pg_backend.connect(
-            target.address, target.host, target.port, user, password, database, self
-        )
+        backend = await pg_backend.connect(target.address, target.host, target.port, user, password, database, self)
         if self.init_query:
             try:
                 await backend.query(self.init_query)
@@ -167,16 +173,50 @@ class PgEngine:
             target.pool.params_cache[key] = dict(backend.server_params)
         return backend
 
-    def cached_server_params(self, endpoint_name: str, key: PoolKey) -> Optional[dict[str, str]]:
+    def cached_welcome(self, endpoint_name: str, key: PoolKey, wanted: dict[str, str]) -> Optional[dict[str, str]]:
+        """The ParameterStatus set for a new client, if this (user, database, settings) was seen before."""
         pool = self.pool_for(endpoint_name)
-        return pool.params_cache.get(key) if pool is not None else None
+        if pool is None:
+            return None
+        base = pool.params_cache.get(key)
+        spelled = self._validated_settings.get((key, frozenset(wanted.items())))
+        if base is None or spelled is None:
+            return None
+        return {**base, **spelled}
 
-    async def learn_server_params(self, endpoint_name: str, key: PoolKey) -> dict[str, str]:
-        """Borrow a backend once so the client's welcome carries the server's real parameters."""
+    async def prepare_welcome(self, endpoint_name: str, key: PoolKey, wanted: dict[str, str]) -> dict[str, str]:
+        """Validate a client's startup settings on a real backend and learn how the server spells them.
+
+        Raises InternalQueryError with the server's error when a setting is invalid, as PostgreSQL refuses such a
+        connection at startup. Done once per distinct (user, database, settings), so a storm pays it once.
+        """
         backend = await self.borrow(endpoint_name, key)
-        params = dict(backend.server_params)
+        reported = [n for n in wanted if n in TRACKED_REPORTED]
+        try:
+            sql = sync_sql(wanted, backend.applied)
+            if sql is not None:
+                await backend.query(sql)
+                backend.applied = dict(wanted)
+            spelled: dict[str, str] = {}
+            if reported:
+                rows = await backend.query(
+                    b"SELECT "
+                    + b", ".join(b"pg_catalog.current_setting(%s)" % sql_literal(n).encode() for n in reported)
+                )
+                spelled = {CANONICAL_NAMES.get(n, n): v or "" for n, v in zip(reported, rows[0])}
+        except BaseException:
+            # an invalid setting fails its whole implicit transaction, leaving the backend as it was
+            if backend.broken:
+                self.discard_backend(backend)
+            else:
+                self.return_clean(backend)
+            raise
+        base = dict(backend.server_params)
         self.return_clean(backend)
-        return params
+        if len(self._validated_settings) > 4096:
+            self._validated_settings.clear()
+        self._validated_settings[(key, frozenset(wanted.items()))] = spelled
+        return {**base, **spelled}
 
     # ------------------------------------------------------------------ monitoring connections (targets.py)
     async def open_monitor(self, target: Target) -> PgBackend:

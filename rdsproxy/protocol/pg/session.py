@@ -14,9 +14,7 @@ from . import messages
 MAX_INSPECTED_STATEMENT = 16 * 1024
 
 # Parameters PostgreSQL reports through ParameterStatus: a SET of one is seen and replayed, never pinned.
-TRACKED_REPORTED = frozenset(
-    {"application_name", "client_encoding", "datestyle", "intervalstyle", "timezone"}
-)
+TRACKED_REPORTED = frozenset({"application_name", "client_encoding", "datestyle", "intervalstyle", "timezone"})
 
 # Startup parameters that are not session settings.
 NON_GUC_STARTUP_KEYS = frozenset({"user", "database", "options", "replication"})
@@ -123,9 +121,7 @@ class PgSession:
                 if mtype == _Q or mtype == _S or mtype == _F:
                     sqlstate, message = self.failing
                     self.failing = None
-                    batch.reply += messages.error_response(
-                        "ERROR", sqlstate, message
-                    ) + messages.ready_for_query(b"I")
+                    batch.reply += messages.error_response("ERROR", sqlstate, message) + messages.ready_for_query(b"I")
                 continue
             if mtype == _Q:
                 self.outstanding += 1
@@ -243,19 +239,28 @@ class PgSession:
 
     def sync_statements(self, applied: dict[str, str]) -> Optional[bytes]:
         """SQL that makes a backend's tracked parameters equal to this client's, or None when they already are."""
-        sets = [(k, v) for k, v in self.wanted.items() if applied.get(k) != v]
-        resets = [k for k in applied if k not in self.wanted]
-        if not sets and not resets:
-            return None
-        parts = []
-        if sets:
-            parts.append(
-                "SELECT "
-                + ", ".join(f"pg_catalog.set_config({_literal(k)}, {_literal(v)}, false)" for k, v in sets)
-            )
-        parts.extend(f'RESET "{k}"' for k in resets)
-        return "; ".join(parts).encode()
+        return sync_sql(self.wanted, applied)
 
 
-def _literal(value: str) -> str:
+def sync_sql(wanted: dict[str, str], applied: dict[str, str]) -> Optional[bytes]:
+    """SQL that turns the tracked parameters `applied` on a backend into `wanted`; None when equal."""
+    sets = [(k, v) for k, v in wanted.items() if applied.get(k) != v]
+    resets = [k for k in applied if k not in wanted]
+    if not sets and not resets:
+        return None
+    parts = []
+    if "datestyle" in applied and any(k == "datestyle" for k, _ in sets):
+        # DateStyle merges with the value in force ('SQL' keeps the order part): start from the default,
+        # as a new connection would, or the previous client's date order leaks into this session
+        parts.append('RESET "datestyle"')
+    if sets:
+        parts.append(
+            "SELECT " + ", ".join(f"pg_catalog.set_config({sql_literal(k)}, {sql_literal(v)}, false)" for k, v in sets)
+        )
+    parts.extend(f'RESET "{k}"' for k in resets)
+    return "; ".join(parts).encode()
+
+
+def sql_literal(value: str) -> str:
+    """A standard-conforming SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
