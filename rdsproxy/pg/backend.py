@@ -86,12 +86,14 @@ class PgBackend(asyncio.Protocol):
             # steady state: forward first, then account for the few messages that change state
             try:
                 events = self.scanner.feed(data)
+                client.transport.write(data)
+                if events:
+                    client.backend_events(events)
             except ProtocolViolation:
                 self.transport.abort()  # type: ignore[union-attr]  # connection_lost tells the client
-                return
-            client.transport.write(data)
-            if events:
-                client.backend_events(events)
+            except Exception:  # noqa: BLE001 - never leave a half-handled backend in service
+                log.exception("internal error while forwarding from %s; closing that connection", self.address)
+                self.transport.abort()  # type: ignore[union-attr]
             return
         try:
             events = self.scanner.feed(data)

@@ -79,6 +79,9 @@ class PgClient(asyncio.Protocol):
             self.fatal("08P01", f"protocol violation: {exc}")
         except AuthenticationFailed:
             self._auth_failed()
+        except Exception:  # noqa: BLE001 - a proxy bug must end this connection only, and quietly for the peer
+            log.exception("internal error while serving client %d; closing it", self.process_id)
+            self.fatal("XX000", "internal error in the proxy; the connection was closed")
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         if self.state == CLOSED:
