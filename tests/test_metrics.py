@@ -214,9 +214,7 @@ def scrape(metrics: Metrics) -> dict:
 
 def sample_values(family, sample_name: str) -> dict[tuple, float]:
     return {
-        tuple(sorted(sample.labels.items())): sample.value
-        for sample in family.samples
-        if sample.name == sample_name
+        tuple(sorted(sample.labels.items())): sample.value for sample in family.samples if sample.name == sample_name
     }
 
 
@@ -258,9 +256,10 @@ def test_collector_labels_database_side_by_target_and_role() -> None:
         families["rdsproxy_database_connection_borrow_timeouts"],
         "rdsproxy_database_connection_borrow_timeouts_total",
     ) == {writer_labels: 3.0, reader_labels: 0.0}
-    assert sample_values(
-        families["rdsproxy_session_pinning_events"], "rdsproxy_session_pinning_events_total"
-    ) == {writer_labels: 3.0, reader_labels: 1.0}
+    assert sample_values(families["rdsproxy_session_pinning_events"], "rdsproxy_session_pinning_events_total") == {
+        writer_labels: 3.0,
+        reader_labels: 1.0,
+    }
     assert sample_values(
         families["rdsproxy_session_pinning_events_by_reason"],
         "rdsproxy_session_pinning_events_by_reason_total",
@@ -481,9 +480,7 @@ async def test_admin_truncated_request_is_400(server: AdminServer) -> None:
     "request_bytes",
     [
         b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n",
-        b"GET /metrics HTTP/1.1\r\n"
-        + b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 500) for i in range(20))
-        + b"\r\n",
+        b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 500) for i in range(20)) + b"\r\n",
     ],
     ids=["one-huge-header", "many-headers"],
 )

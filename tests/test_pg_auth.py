@@ -28,8 +28,7 @@ RFC_SALT = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
 RFC_CLIENT_FIRST = b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
 RFC_SERVER_FIRST = b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
 RFC_CLIENT_FINAL = (
-    b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
-    b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+    b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
 )
 RFC_SERVER_FINAL = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 
@@ -157,9 +156,7 @@ def test_scram_server_matches_rfc7677_vector() -> None:
 
 def test_scram_server_accepts_y_flag_because_it_offers_no_plus() -> None:
     server = rfc_server()
-    server.handle(
-        password_body(m.sasl_initial_response("SCRAM-SHA-256", b"y,,n=user,r=" + b"rOprNGfwEbeRWgbNEkqO"))
-    )
+    server.handle(password_body(m.sasl_initial_response("SCRAM-SHA-256", b"y,,n=user,r=" + b"rOprNGfwEbeRWgbNEkqO")))
     nonce = RFC_CLIENT_NONCE + RFC_SERVER_NONCE
     without_proof = f"c=eSws,r={nonce}"
     auth_message = f"n=user,r={RFC_CLIENT_NONCE},{RFC_SERVER_FIRST.decode()},{without_proof}".encode()
@@ -266,9 +263,7 @@ def test_tampered_server_signature_is_refused() -> None:
     signature = bytearray(base64.b64decode(RFC_SERVER_FINAL[2:]))
     signature[-1] ^= 0x80
     with pytest.raises(AuthenticationFailed, match="server signature mismatch"):
-        client.handle(
-            authentication_body(m.authentication_sasl_final(b"v=" + base64.b64encode(bytes(signature))))
-        )
+        client.handle(authentication_body(m.authentication_sasl_final(b"v=" + base64.b64encode(bytes(signature)))))
     with pytest.raises(AuthenticationFailed):
         client.handle(authentication_body(m.authentication_ok()))
     assert not client.ok
@@ -313,9 +308,7 @@ def test_malformed_server_first_is_a_protocol_violation(server_first: bytes) -> 
 
 def test_out_of_order_sasl_messages_are_protocol_violations() -> None:
     with pytest.raises(ProtocolViolation):
-        BackendAuthenticator("u", "p").handle(
-            authentication_body(m.authentication_sasl_continue(RFC_SERVER_FIRST))
-        )
+        BackendAuthenticator("u", "p").handle(authentication_body(m.authentication_sasl_continue(RFC_SERVER_FIRST)))
     with pytest.raises(ProtocolViolation):
         client_after_rfc_first().handle(authentication_body(m.authentication_sasl_final(RFC_SERVER_FINAL)))
     with pytest.raises(ProtocolViolation):

@@ -444,9 +444,7 @@ _PIECES = st.sampled_from(
 _STARTUP_PREFIXES = st.sampled_from([b"", b"\x00\x03\x00\x00", b"\x00\x03\x00\x02", b"\x04\xd2\x16\x2e"])
 arbitrary_bodies = st.one_of(
     st.binary(max_size=200),
-    st.builds(
-        lambda prefix, parts: prefix + b"".join(parts), _STARTUP_PREFIXES, st.lists(_PIECES, max_size=30)
-    ),
+    st.builds(lambda prefix, parts: prefix + b"".join(parts), _STARTUP_PREFIXES, st.lists(_PIECES, max_size=30)),
 )
 
 

@@ -1,0 +1,63 @@
+"""Selects the compiled codecs (Cython) or their pure-Python twins; RDSPROXY_NO_EXTENSIONS=1 forces the twins."""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Callable, NamedTuple
+
+
+class CodecSet(NamedTuple):
+    """One implementation of every codec: the compiled twins or the pure-Python ones."""
+
+    name: str
+    pgframe: ModuleType
+    classify: ModuleType
+
+    @property
+    def ClientFramer(self) -> type:
+        return self.pgframe.ClientFramer
+
+    @property
+    def ServerScanner(self) -> type:
+        return self.pgframe.ServerScanner
+
+    @property
+    def classify_pg(self) -> Callable[[bytes], int]:
+        return self.classify.classify_pg
+
+
+def extensions_disabled() -> bool:
+    """True when RDSPROXY_NO_EXTENSIONS asks for the pure-Python twins (set, non-empty and not "0")."""
+    value = os.environ.get("RDSPROXY_NO_EXTENSIONS", "")
+    return value not in ("", "0")
+
+
+def _load_compiled() -> CodecSet | None:
+    try:
+        from . import classify_c, pgframe_c
+    except ImportError:
+        return None
+    return CodecSet("compiled", pgframe_c, classify_c)
+
+
+def _load_pure() -> CodecSet:
+    from . import classify_py, pgframe_py
+
+    return CodecSet("pure", pgframe_py, classify_py)
+
+
+IMPLEMENTATIONS: dict[str, CodecSet] = {"pure": _load_pure()}
+_compiled = None if extensions_disabled() else _load_compiled()
+if _compiled is not None:
+    IMPLEMENTATIONS["compiled"] = _compiled
+
+COMPILED: bool = _compiled is not None
+ACTIVE: CodecSet = _compiled if _compiled is not None else IMPLEMENTATIONS["pure"]
+del _compiled
+
+ClientFramer = ACTIVE.pgframe.ClientFramer
+ServerScanner = ACTIVE.pgframe.ServerScanner
+classify_pg = ACTIVE.classify.classify_pg
+
+__all__ = ["ACTIVE", "COMPILED", "IMPLEMENTATIONS", "ClientFramer", "CodecSet", "ServerScanner", "classify_pg"]

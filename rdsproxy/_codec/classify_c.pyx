@@ -1,0 +1,743 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""SQL statement classifier compiled with Cython: the fast twin of classify_py with the same API and behaviour.
+
+The lexer is shared by every dialect and configured with LEX_* option bits; each dialect then has its own
+classifier that walks the token stream statement by statement (classify_pg now, classify_mysql later).
+Tokens are C structs and words small ints: nothing is allocated per token.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memchr, memcmp
+
+__all__ = [
+    "DOT",
+    "FLAGS",
+    "IDENT",
+    "LEX_BACKSLASH_STRINGS",
+    "LEX_BACKTICK_IDENTS",
+    "LEX_DASH_COMMENT_NEEDS_SPACE",
+    "LEX_DOLLAR_QUOTES",
+    "LEX_DQUOTE_STRINGS",
+    "LEX_E_STRINGS",
+    "LEX_HASH_COMMENTS",
+    "LEX_NESTED_COMMENTS",
+    "LPAREN",
+    "MYSQL_LEX_OPTIONS",
+    "OTHER",
+    "PG_LEX_OPTIONS",
+    "PG_TRACKED_PARAMETERS",
+    "QIDENT",
+    "RPAREN",
+    "SEMI",
+    "classify_pg",
+    "tokenize",
+]
+
+# Flags: the cdef copies of flags.py (a test checks that they agree).
+cdef enum:
+    F_PIN_SET = 1 << 0
+    F_SET_TRACKED = 1 << 1
+    F_PIN_PREPARE = 1 << 2
+    F_PIN_TEMP = 1 << 3
+    F_PIN_CURSOR = 1 << 4
+    F_PIN_LISTEN = 1 << 5
+    F_PIN_LOAD = 1 << 6
+    F_PIN_ADVISORY_LOCK = 1 << 7
+    F_PIN_DISCARD = 1 << 8
+
+FLAGS = {
+    "PIN_SET": F_PIN_SET,
+    "SET_TRACKED": F_SET_TRACKED,
+    "PIN_PREPARE": F_PIN_PREPARE,
+    "PIN_TEMP": F_PIN_TEMP,
+    "PIN_CURSOR": F_PIN_CURSOR,
+    "PIN_LISTEN": F_PIN_LISTEN,
+    "PIN_LOAD": F_PIN_LOAD,
+    "PIN_ADVISORY_LOCK": F_PIN_ADVISORY_LOCK,
+    "PIN_DISCARD": F_PIN_DISCARD,
+}
+
+# ---------------------------------------------------------------------------------------------- lexer
+# Token kinds. For QIDENT the token span is the text between the quotes (doubled quotes left as they are).
+cdef enum:
+    TK_EOF = 0
+    TK_IDENT = 1
+    TK_QIDENT = 2
+    TK_LPAREN = 3
+    TK_RPAREN = 4
+    TK_SEMI = 5
+    TK_DOT = 6
+    TK_OTHER = 7
+
+IDENT = TK_IDENT
+QIDENT = TK_QIDENT
+LPAREN = TK_LPAREN
+RPAREN = TK_RPAREN
+SEMI = TK_SEMI
+DOT = TK_DOT
+OTHER = TK_OTHER
+
+# Lexer options: the dialect differences the lexer knows about.
+cdef enum:
+    OPT_NESTED_COMMENTS = 1 << 0  # /* /* */ */ nests (PostgreSQL)
+    OPT_DOLLAR_QUOTES = 1 << 1  # $tag$ ... $tag$ (PostgreSQL)
+    OPT_E_STRINGS = 1 << 2  # E'...' with backslash escapes (PostgreSQL)
+    OPT_HASH_COMMENTS = 1 << 3  # '#' comment to end of line (MySQL)
+    OPT_BACKSLASH_STRINGS = 1 << 4  # backslash escapes in every quoted string (MySQL default sql_mode)
+    OPT_DQUOTE_STRINGS = 1 << 5  # "..." is a string, not an identifier (MySQL without ANSI_QUOTES)
+    OPT_BACKTICK_IDENTS = 1 << 6  # `...` quoted identifiers (MySQL)
+    OPT_DASH_COMMENT_NEEDS_SPACE = 1 << 7  # '--' starts a comment only before a space or control char (MySQL)
+    OPT_PG = OPT_NESTED_COMMENTS | OPT_DOLLAR_QUOTES | OPT_E_STRINGS
+    OPT_MYSQL = (OPT_HASH_COMMENTS | OPT_BACKSLASH_STRINGS | OPT_DQUOTE_STRINGS | OPT_BACKTICK_IDENTS
+                 | OPT_DASH_COMMENT_NEEDS_SPACE)
+
+LEX_NESTED_COMMENTS = OPT_NESTED_COMMENTS
+LEX_DOLLAR_QUOTES = OPT_DOLLAR_QUOTES
+LEX_E_STRINGS = OPT_E_STRINGS
+LEX_HASH_COMMENTS = OPT_HASH_COMMENTS
+LEX_BACKSLASH_STRINGS = OPT_BACKSLASH_STRINGS
+LEX_DQUOTE_STRINGS = OPT_DQUOTE_STRINGS
+LEX_BACKTICK_IDENTS = OPT_BACKTICK_IDENTS
+LEX_DASH_COMMENT_NEEDS_SPACE = OPT_DASH_COMMENT_NEEDS_SPACE
+PG_LEX_OPTIONS = OPT_PG
+MYSQL_LEX_OPTIONS = OPT_MYSQL
+
+cdef enum:
+    CC_SPACE = 1
+    CC_IDENT_START = 2
+    CC_IDENT_CONT = 4  # identifier characters, including '$'
+    CC_TAG_CONT = 8  # dollar-quote tag characters: identifier characters without '$'
+    CC_DIGIT = 16
+
+cdef unsigned char CHAR_CLASS[256]
+
+
+cdef void init_char_classes():
+    cdef int c
+    for c in range(256):
+        CHAR_CLASS[c] = 0
+        if c in b" \t\n\r\f\v":
+            CHAR_CLASS[c] |= CC_SPACE
+        if (ord("a") <= c <= ord("z")) or (ord("A") <= c <= ord("Z")) or c == ord("_") or c >= 0x80:
+            CHAR_CLASS[c] |= CC_IDENT_START | CC_IDENT_CONT | CC_TAG_CONT
+        if ord("0") <= c <= ord("9"):
+            CHAR_CLASS[c] |= CC_DIGIT | CC_IDENT_CONT | CC_TAG_CONT
+    CHAR_CLASS[ord("$")] |= CC_IDENT_CONT
+
+
+init_char_classes()
+
+
+cdef struct Lexer:
+    const unsigned char* s
+    Py_ssize_t n
+    Py_ssize_t pos
+    int options
+
+
+cdef struct Token:
+    int kind
+    Py_ssize_t start
+    Py_ssize_t end
+
+
+cdef inline Py_ssize_t skip_quoted(const unsigned char* s, Py_ssize_t n, Py_ssize_t pos, unsigned char quote,
+                                   bint backslash, Py_ssize_t* text_end) noexcept nogil:
+    """pos is just past the opening quote. Returns the end of the literal and sets text_end to the end of its text
+    (both the end of input when it is unterminated)."""
+    cdef unsigned char c
+    while pos < n:
+        c = s[pos]
+        if c == quote:
+            if pos + 1 < n and s[pos + 1] == quote:
+                pos += 2
+                continue
+            text_end[0] = pos
+            return pos + 1
+        if backslash and c == b"\\":
+            pos += 2
+            continue
+        pos += 1
+    text_end[0] = n
+    return n
+
+
+cdef inline Py_ssize_t skip_block_comment(const unsigned char* s, Py_ssize_t n, Py_ssize_t pos,
+                                          bint nested) noexcept nogil:
+    """pos is just past the opening '/*'. Returns the offset just past the comment (end of input if unterminated)."""
+    cdef int depth = 1
+    while pos + 1 < n:
+        if nested and s[pos] == b"/" and s[pos + 1] == b"*":
+            depth += 1
+            pos += 2
+        elif s[pos] == b"*" and s[pos + 1] == b"/":
+            depth -= 1
+            pos += 2
+            if depth == 0:
+                return pos
+        else:
+            pos += 1
+    return n
+
+
+cdef inline Py_ssize_t skip_dollar_quoted(const unsigned char* s, Py_ssize_t n, Py_ssize_t start,
+                                          Py_ssize_t tag_len) noexcept nogil:
+    """The tag s[start:start + tag_len] opened a dollar quote: returns the offset past its closing tag."""
+    cdef Py_ssize_t pos = start + tag_len
+    cdef const unsigned char* hit
+    while n - pos >= tag_len:
+        hit = <const unsigned char*>memchr(s + pos, b"$", n - pos - tag_len + 1)
+        if hit == NULL:
+            return n
+        pos = hit - s
+        if memcmp(s + pos, s + start, tag_len) == 0:
+            return pos + tag_len
+        pos += 1
+    return n
+
+
+cdef bint lex_next(Lexer* lx, Token* tok) noexcept nogil:
+    """Reads the next token into tok; returns False at the end of input. Whitespace and comments are skipped."""
+    cdef const unsigned char* s = lx.s
+    cdef Py_ssize_t n = lx.n
+    cdef Py_ssize_t i = lx.pos
+    cdef Py_ssize_t j, text_end
+    cdef int options = lx.options
+    cdef unsigned char c
+    cdef int following
+    while i < n:
+        c = s[i]
+        if CHAR_CLASS[c] & CC_SPACE:
+            i += 1
+            continue
+        following = s[i + 1] if i + 1 < n else -1
+        if (c == b"-" and following == b"-") or (c == b"#" and options & OPT_HASH_COMMENTS):
+            if c == b"-" and options & OPT_DASH_COMMENT_NEEDS_SPACE and not (i + 2 < n and s[i + 2] <= 0x20):
+                tok.kind = TK_OTHER
+                tok.start = i
+                tok.end = i + 1
+                lx.pos = i + 1
+                return True
+            i += 1
+            while i < n and s[i] != b"\n" and s[i] != b"\r":
+                i += 1
+            continue
+        if c == b"/" and following == b"*":
+            i = skip_block_comment(s, n, i + 2, options & OPT_NESTED_COMMENTS)
+            continue
+        tok.start = i
+        if c == b"'" or (c == b'"' and options & OPT_DQUOTE_STRINGS):
+            tok.kind = TK_OTHER
+            tok.end = skip_quoted(s, n, i + 1, c, options & OPT_BACKSLASH_STRINGS, &text_end)
+        elif c == b'"' or (c == b"`" and options & OPT_BACKTICK_IDENTS):
+            tok.kind = TK_QIDENT
+            tok.start = i + 1
+            lx.pos = skip_quoted(s, n, i + 1, c, False, &text_end)
+            tok.end = text_end
+            return True
+        elif c == b"$":
+            tok.kind = TK_OTHER
+            tok.end = i + 1
+            if following >= 0 and CHAR_CLASS[following] & CC_DIGIT:  # $1: a parameter
+                j = i + 1
+                while j < n and CHAR_CLASS[s[j]] & CC_DIGIT:
+                    j += 1
+                tok.end = j
+            elif options & OPT_DOLLAR_QUOTES:
+                j = i + 1
+                if j < n and CHAR_CLASS[s[j]] & CC_IDENT_START:
+                    j += 1
+                    while j < n and CHAR_CLASS[s[j]] & CC_TAG_CONT:
+                        j += 1
+                if j < n and s[j] == b"$":
+                    tok.end = skip_dollar_quoted(s, n, i, j + 1 - i)
+        elif CHAR_CLASS[c] & CC_IDENT_START:
+            if following == b"'" and (c == b"E" or c == b"e") and options & OPT_E_STRINGS:
+                tok.kind = TK_OTHER
+                tok.end = skip_quoted(s, n, i + 2, b"'", True, &text_end)
+            else:
+                tok.kind = TK_IDENT
+                j = i + 1
+                while j < n and CHAR_CLASS[s[j]] & CC_IDENT_CONT:
+                    j += 1
+                tok.end = j
+        elif CHAR_CLASS[c] & CC_DIGIT:
+            tok.kind = TK_OTHER
+            j = i + 1
+            while j < n and CHAR_CLASS[s[j]] & CC_DIGIT:
+                j += 1
+            tok.end = j
+        else:
+            if c == b"(":
+                tok.kind = TK_LPAREN
+            elif c == b")":
+                tok.kind = TK_RPAREN
+            elif c == b";":
+                tok.kind = TK_SEMI
+            elif c == b".":
+                tok.kind = TK_DOT
+            else:
+                tok.kind = TK_OTHER
+            tok.end = i + 1
+        lx.pos = tok.end
+        return True
+    lx.pos = n
+    return False
+
+
+cdef bytes as_bytes(object sql):
+    if type(sql) is bytes:
+        return <bytes>sql
+    if isinstance(sql, (bytes, bytearray, memoryview)):
+        return bytes(sql)
+    raise TypeError(f"expected bytes, not {type(sql).__name__}")
+
+
+def tokenize(sql, int options=OPT_PG) -> list:
+    """The token stream of sql as (kind, start, end) offsets: for inspecting and testing the lexer."""
+    cdef bytes data = as_bytes(sql)
+    cdef Lexer lx
+    cdef Token tok
+    lx.s = <const unsigned char*>PyBytes_AS_STRING(data)
+    lx.n = PyBytes_GET_SIZE(data)
+    lx.pos = 0
+    lx.options = options
+    cdef list tokens = []
+    while lex_next(&lx, &tok):
+        tokens.append((tok.kind, tok.start, tok.end))
+    return tokens
+
+
+# ---------------------------------------------------------------------------------------------- words
+# Keywords match unquoted identifiers case-insensitively. Names (functions, the pg_temp schema) also match
+# quoted identifiers spelled exactly; tracked parameter names match quoted ones case-insensitively, as
+# PostgreSQL looks parameters up.
+cdef enum:
+    W_OTHER = 0
+    W_SET
+    W_RESET
+    W_LOCAL
+    W_SESSION
+    W_AUTHORIZATION
+    W_CHARACTERISTICS
+    W_TRANSACTION
+    W_CONSTRAINTS
+    W_ROLE
+    W_TIME
+    W_ZONE
+    W_NAMES
+    W_ALL
+    W_PREPARE
+    W_EXECUTE
+    W_DEALLOCATE
+    W_CREATE
+    W_OR
+    W_REPLACE
+    W_GLOBAL
+    W_TEMP
+    W_UNLOGGED
+    W_TABLE_OR_SEQUENCE
+    W_VIEW
+    W_RECURSIVE
+    W_SELECT
+    W_WITH
+    W_INTO
+    W_ON
+    W_COMMIT
+    W_DROP
+    W_DECLARE
+    W_LISTEN
+    W_LOAD
+    W_DISCARD
+    W_TRUE
+    W_SET_CONFIG  # first of the names that quoted identifiers may match
+    W_ADVISORY_LOCK
+    W_PG_TEMP
+    W_TRACKED_PARAM
+    LONGEST_WORD = 27  # pg_try_advisory_lock_shared
+
+# Parameters PostgreSQL reports in ParameterStatus and the proxy therefore tracks and replays.
+PG_TRACKED_PARAMETERS = frozenset(
+    [b"application_name", b"client_encoding", b"datestyle", b"intervalstyle", b"timezone"]
+)
+
+
+cdef int lookup_pg_word(const char* low, Py_ssize_t n) noexcept nogil:
+    """The word id of a lowercased identifier."""
+    if n == 2:
+        if memcmp(low, b"or", 2) == 0:
+            return W_OR
+        if memcmp(low, b"on", 2) == 0:
+            return W_ON
+    elif n == 3:
+        if memcmp(low, b"set", 3) == 0:
+            return W_SET
+        if memcmp(low, b"all", 3) == 0:
+            return W_ALL
+    elif n == 4:
+        if memcmp(low, b"role", 4) == 0:
+            return W_ROLE
+        if memcmp(low, b"time", 4) == 0:
+            return W_TIME
+        if memcmp(low, b"zone", 4) == 0:
+            return W_ZONE
+        if memcmp(low, b"temp", 4) == 0:
+            return W_TEMP
+        if memcmp(low, b"view", 4) == 0:
+            return W_VIEW
+        if memcmp(low, b"with", 4) == 0:
+            return W_WITH
+        if memcmp(low, b"into", 4) == 0:
+            return W_INTO
+        if memcmp(low, b"drop", 4) == 0:
+            return W_DROP
+        if memcmp(low, b"load", 4) == 0:
+            return W_LOAD
+        if memcmp(low, b"true", 4) == 0:
+            return W_TRUE
+    elif n == 5:
+        if memcmp(low, b"reset", 5) == 0:
+            return W_RESET
+        if memcmp(low, b"local", 5) == 0:
+            return W_LOCAL
+        if memcmp(low, b"names", 5) == 0:
+            return W_NAMES
+        if memcmp(low, b"table", 5) == 0:
+            return W_TABLE_OR_SEQUENCE
+    elif n == 6:
+        if memcmp(low, b"create", 6) == 0:
+            return W_CREATE
+        if memcmp(low, b"global", 6) == 0:
+            return W_GLOBAL
+        if memcmp(low, b"select", 6) == 0:
+            return W_SELECT
+        if memcmp(low, b"commit", 6) == 0:
+            return W_COMMIT
+        if memcmp(low, b"listen", 6) == 0:
+            return W_LISTEN
+    elif n == 7:
+        if memcmp(low, b"session", 7) == 0:
+            return W_SESSION
+        if memcmp(low, b"prepare", 7) == 0:
+            return W_PREPARE
+        if memcmp(low, b"execute", 7) == 0:
+            return W_EXECUTE
+        if memcmp(low, b"replace", 7) == 0:
+            return W_REPLACE
+        if memcmp(low, b"declare", 7) == 0:
+            return W_DECLARE
+        if memcmp(low, b"discard", 7) == 0:
+            return W_DISCARD
+        if memcmp(low, b"pg_temp", 7) == 0:
+            return W_PG_TEMP
+    elif n == 8:
+        if memcmp(low, b"unlogged", 8) == 0:
+            return W_UNLOGGED
+        if memcmp(low, b"sequence", 8) == 0:
+            return W_TABLE_OR_SEQUENCE
+        if memcmp(low, b"timezone", 8) == 0:
+            return W_TRACKED_PARAM
+    elif n == 9:
+        if memcmp(low, b"temporary", 9) == 0:
+            return W_TEMP
+        if memcmp(low, b"recursive", 9) == 0:
+            return W_RECURSIVE
+        if memcmp(low, b"datestyle", 9) == 0:
+            return W_TRACKED_PARAM
+    elif n == 10:
+        if memcmp(low, b"deallocate", 10) == 0:
+            return W_DEALLOCATE
+        if memcmp(low, b"set_config", 10) == 0:
+            return W_SET_CONFIG
+    elif n == 11:
+        if memcmp(low, b"transaction", 11) == 0:
+            return W_TRANSACTION
+        if memcmp(low, b"constraints", 11) == 0:
+            return W_CONSTRAINTS
+    elif n == 13:
+        if memcmp(low, b"authorization", 13) == 0:
+            return W_AUTHORIZATION
+        if memcmp(low, b"intervalstyle", 13) == 0:
+            return W_TRACKED_PARAM
+    elif n == 15:
+        if memcmp(low, b"characteristics", 15) == 0:
+            return W_CHARACTERISTICS
+        if memcmp(low, b"client_encoding", 15) == 0:
+            return W_TRACKED_PARAM
+    elif n == 16:
+        if memcmp(low, b"pg_advisory_lock", 16) == 0:
+            return W_ADVISORY_LOCK
+        if memcmp(low, b"application_name", 16) == 0:
+            return W_TRACKED_PARAM
+    elif n == 20:
+        if memcmp(low, b"pg_try_advisory_lock", 20) == 0:
+            return W_ADVISORY_LOCK
+    elif n == 23:
+        if memcmp(low, b"pg_advisory_lock_shared", 23) == 0:
+            return W_ADVISORY_LOCK
+    elif n == 27:
+        if memcmp(low, b"pg_try_advisory_lock_shared", 27) == 0:
+            return W_ADVISORY_LOCK
+    return W_OTHER
+
+
+cdef inline int pg_word(const unsigned char* s, Token* tok) noexcept nogil:
+    cdef Py_ssize_t n = tok.end - tok.start
+    cdef char low[LONGEST_WORD]
+    cdef Py_ssize_t k
+    cdef unsigned char c
+    cdef bint has_upper = False
+    cdef int word
+    if (tok.kind != TK_IDENT and tok.kind != TK_QIDENT) or n < 2 or n > LONGEST_WORD:
+        return W_OTHER
+    for k in range(n):
+        c = s[tok.start + k]
+        if ord("A") <= c <= ord("Z"):
+            c += 32
+            has_upper = True
+        low[k] = <char>c
+    word = lookup_pg_word(low, n)
+    if tok.kind == TK_IDENT or word == W_TRACKED_PARAM:
+        return word
+    if word >= W_SET_CONFIG and not has_upper:  # quoted names must be spelled exactly
+        return word
+    return W_OTHER
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+# Where the leading keywords of SET / RESET / PREPARE / CREATE have brought a statement.
+cdef enum:
+    S_NONE = 0
+    S_SET
+    S_SET_SESSION
+    S_SET_TIME
+    S_SET_NAME
+    S_RESET
+    S_PREPARE
+    S_CREATE
+    S_CREATE_OR
+    S_CREATE_REPLACE
+    S_CREATE_SCOPE
+    S_CREATE_TEMP
+    S_CREATE_UNLOGGED
+    S_CREATE_RECURSIVE
+    MAX_OPEN_SET_CONFIG = 64
+
+
+cdef struct PgStatement:
+    int first  # word of the statement's first identifier, -1 before it
+    int state
+    bint name_tracked  # S_SET_NAME: whether the parameter name is a tracked one
+    int previous  # word of the previous token
+    Py_ssize_t depth  # parenthesis depth
+    int open_set_config
+    Py_ssize_t set_config_depths[MAX_OPEN_SET_CONFIG]  # depth outside each open set_config( call
+    int on_commit  # how much of ON COMMIT DROP has just been seen
+    bint on_commit_drop
+    int into  # 1 after INTO, 2 after INTO LOCAL/GLOBAL
+    bint into_temp
+    bint temp_object  # CREATE ... TEMP TABLE/SEQUENCE/VIEW
+    bint pg_temp_qualified  # pg_temp.<name>
+
+
+cdef inline void pg_statement_start(PgStatement* st) noexcept nogil:
+    st.first = -1
+    st.state = S_NONE
+    st.name_tracked = False
+    st.previous = W_OTHER
+    st.depth = 0
+    st.open_set_config = 0
+    st.on_commit = 0
+    st.on_commit_drop = False
+    st.into = 0
+    st.into_temp = False
+    st.temp_object = False
+    st.pg_temp_qualified = False
+
+
+cdef int pg_statement_token(PgStatement* st, int kind, int word) noexcept nogil:
+    cdef int flags = 0
+    cdef int previous = st.previous
+    if kind == TK_LPAREN:
+        if previous == W_SET_CONFIG:
+            if st.open_set_config < MAX_OPEN_SET_CONFIG:
+                st.set_config_depths[st.open_set_config] = st.depth
+                st.open_set_config += 1
+            else:  # too deep to follow: assume the worst
+                flags |= F_PIN_SET
+        elif previous == W_ADVISORY_LOCK:
+            flags |= F_PIN_ADVISORY_LOCK
+        st.depth += 1
+    elif kind == TK_RPAREN:
+        if st.depth > 0:
+            st.depth -= 1
+            if st.open_set_config and st.set_config_depths[st.open_set_config - 1] == st.depth:
+                st.open_set_config -= 1
+                if previous != W_TRUE:  # set_config(name, value, true) is transaction-local
+                    flags |= F_PIN_SET
+    elif kind == TK_DOT and previous == W_PG_TEMP:
+        st.pg_temp_qualified = True
+
+    if word == W_ON:
+        st.on_commit = 1
+    elif st.on_commit == 1 and word == W_COMMIT:
+        st.on_commit = 2
+    elif st.on_commit == 2 and word == W_DROP:
+        st.on_commit_drop = True
+        st.on_commit = 0
+    else:
+        st.on_commit = 0
+
+    if word == W_INTO:
+        st.into = 1
+    elif st.into == 1 and (word == W_LOCAL or word == W_GLOBAL):
+        st.into = 2
+    elif st.into and word == W_TEMP:
+        st.into_temp = True
+        st.into = 0
+    else:
+        st.into = 0
+
+    if st.first < 0:
+        if kind == TK_IDENT or kind == TK_QIDENT:
+            st.first = word
+            if word == W_SET:
+                st.state = S_SET
+            elif word == W_RESET:
+                st.state = S_RESET
+            elif word == W_PREPARE:
+                st.state = S_PREPARE
+            elif word == W_CREATE:
+                st.state = S_CREATE
+            elif word == W_EXECUTE or word == W_DEALLOCATE:
+                flags |= F_PIN_PREPARE
+            elif word == W_DECLARE:
+                flags |= F_PIN_CURSOR
+            elif word == W_LISTEN:
+                flags |= F_PIN_LISTEN
+            elif word == W_LOAD:
+                flags |= F_PIN_LOAD
+            elif word == W_DISCARD:
+                flags |= F_PIN_DISCARD
+    elif st.state != S_NONE:
+        flags |= pg_statement_advance(st, kind, word)
+    st.previous = word
+    return flags
+
+
+cdef int pg_statement_advance(PgStatement* st, int kind, int word) noexcept nogil:
+    """Feeds the token after the statement's leading keywords; returns the flags it settles."""
+    cdef int state = st.state
+    cdef bint is_name = kind == TK_IDENT or kind == TK_QIDENT
+    st.state = S_NONE
+    if state == S_SET or state == S_SET_SESSION:
+        if not is_name:
+            return 0
+        if state == S_SET and word == W_LOCAL:
+            return 0
+        if word == W_SESSION:
+            st.state = S_SET_SESSION
+            return 0
+        if state == S_SET_SESSION and (word == W_AUTHORIZATION or word == W_CHARACTERISTICS):
+            return F_PIN_SET
+        if word == W_TRANSACTION or word == W_CONSTRAINTS:
+            return 0
+        if word == W_ROLE:
+            return F_PIN_SET
+        if word == W_NAMES:
+            return F_SET_TRACKED
+        if word == W_TIME:
+            st.state = S_SET_TIME
+            return 0
+        st.state = S_SET_NAME
+        st.name_tracked = word == W_TRACKED_PARAM
+        return 0
+    if state == S_RESET:
+        if not is_name:
+            return 0
+        if word == W_ALL or word == W_ROLE or word == W_SESSION:
+            return F_PIN_SET
+        if word == W_TRANSACTION:
+            return 0
+        if word == W_TIME:
+            st.state = S_SET_TIME
+            return 0
+        st.state = S_SET_NAME
+        st.name_tracked = word == W_TRACKED_PARAM
+        return 0
+    if state == S_SET_TIME:
+        return F_SET_TRACKED if word == W_ZONE else F_PIN_SET
+    if state == S_SET_NAME:
+        if kind == TK_DOT or not st.name_tracked:  # a dotted name is a custom, untracked parameter
+            return F_PIN_SET
+        return F_SET_TRACKED
+    if state == S_PREPARE:
+        return 0 if word == W_TRANSACTION else F_PIN_PREPARE  # PREPARE TRANSACTION is two-phase commit
+    if state == S_CREATE:
+        if word == W_OR:
+            st.state = S_CREATE_OR
+        elif word == W_GLOBAL or word == W_LOCAL:
+            st.state = S_CREATE_SCOPE
+        elif word == W_TEMP:
+            st.state = S_CREATE_TEMP
+    elif state == S_CREATE_OR:
+        if word == W_REPLACE:
+            st.state = S_CREATE_REPLACE
+    elif state == S_CREATE_REPLACE:
+        if word == W_GLOBAL or word == W_LOCAL:
+            st.state = S_CREATE_SCOPE
+        elif word == W_TEMP:
+            st.state = S_CREATE_TEMP
+    elif state == S_CREATE_SCOPE:
+        if word == W_TEMP:
+            st.state = S_CREATE_TEMP
+    elif state == S_CREATE_TEMP or state == S_CREATE_UNLOGGED:
+        if word == W_TABLE_OR_SEQUENCE or word == W_VIEW:
+            st.temp_object = True
+        elif word == W_UNLOGGED and state == S_CREATE_TEMP:
+            st.state = S_CREATE_UNLOGGED
+        elif word == W_RECURSIVE:
+            st.state = S_CREATE_RECURSIVE
+    elif state == S_CREATE_RECURSIVE:
+        if word == W_VIEW:
+            st.temp_object = True
+    return 0
+
+
+cdef int pg_statement_finish(PgStatement* st) noexcept nogil:
+    """Flags settled by the end of the statement."""
+    cdef int flags = 0
+    if st.state == S_SET_TIME:
+        flags |= F_PIN_SET
+    elif st.state == S_SET_NAME:
+        flags |= F_SET_TRACKED if st.name_tracked else F_PIN_SET
+    elif st.state == S_PREPARE:
+        flags |= F_PIN_PREPARE
+    if st.open_set_config:  # set_config( never closed: assume the worst
+        flags |= F_PIN_SET
+    if st.first == W_CREATE and (st.temp_object or st.pg_temp_qualified) and not st.on_commit_drop:
+        flags |= F_PIN_TEMP
+    if (st.first == W_SELECT or st.first == W_WITH) and st.into_temp:
+        flags |= F_PIN_TEMP
+    return flags
+
+
+def classify_pg(sql) -> int:
+    """OR of the flags (see flags.py) of every statement in a PostgreSQL query text."""
+    cdef bytes data = as_bytes(sql)
+    cdef Lexer lx
+    cdef Token tok
+    cdef PgStatement st
+    cdef int flags = 0
+    lx.s = <const unsigned char*>PyBytes_AS_STRING(data)
+    lx.n = PyBytes_GET_SIZE(data)
+    lx.pos = 0
+    lx.options = OPT_PG
+    pg_statement_start(&st)
+    while lex_next(&lx, &tok):
+        if tok.kind == TK_SEMI:
+            flags |= pg_statement_finish(&st)
+            pg_statement_start(&st)
+        else:
+            flags |= pg_statement_token(&st, tok.kind, pg_word(lx.s, &tok))
+    return flags | pg_statement_finish(&st)

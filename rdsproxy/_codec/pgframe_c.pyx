@@ -1,0 +1,287 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""PostgreSQL message framing compiled with Cython: the fast twin of pgframe_py with the same API and behaviour."""
+
+from cpython.bytearray cimport (
+    PyByteArray_AS_STRING,
+    PyByteArray_FromStringAndSize,
+    PyByteArray_GET_SIZE,
+    PyByteArray_Resize,
+)
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int32_t, uint32_t
+from libc.string cimport memcpy, memset
+
+from ..errors import ProtocolViolation
+
+__all__ = [
+    "DEFAULT_INTERESTING",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "GSSENC_REQUEST_CODE",
+    "MAX_STARTUP_LENGTH",
+    "MIN_STARTUP_LENGTH",
+    "SSL_REQUEST_CODE",
+    "ClientFramer",
+    "ServerScanner",
+]
+
+cdef enum:
+    SSL_REQUEST = 80877103
+    GSSENC_REQUEST = 80877104
+    STARTUP_MIN = 8
+    STARTUP_MAX = 10000
+
+SSL_REQUEST_CODE = SSL_REQUEST
+GSSENC_REQUEST_CODE = GSSENC_REQUEST
+MIN_STARTUP_LENGTH = STARTUP_MIN
+MAX_STARTUP_LENGTH = STARTUP_MAX
+DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+DEFAULT_INTERESTING = b"ZESGHWK"
+
+
+cdef inline long long read_int32(const unsigned char* p) noexcept nogil:
+    # PostgreSQL lengths are signed Int32: a set high bit must read as negative so it fails the minimum check
+    cdef uint32_t raw = (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | <uint32_t>p[3]
+    return <long long>(<int32_t>raw)
+
+
+cdef str type_name(int msg_type):
+    return repr(chr(msg_type)) if 32 < msg_type < 127 else f"0x{msg_type:02x}"
+
+
+cdef class ClientFramer:
+    """Cuts the client->proxy byte stream into complete PostgreSQL messages."""
+
+    cdef bint _in_startup
+    cdef long long _max_message_size
+    cdef bytearray _held
+    # Total size of the held incomplete message once its header is known: lets a large message
+    # arriving in many chunks be accumulated without rescanning (0 = unknown).
+    cdef Py_ssize_t _need
+    cdef bint _broken
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self._max_message_size = max_message_size
+        self._in_startup = True
+        self._held = bytearray()
+        self._need = 0
+        self._broken = False
+
+    @property
+    def in_startup(self) -> bool:
+        return self._in_startup
+
+    @in_startup.setter
+    def in_startup(self, value: bool) -> None:
+        self._in_startup = bool(value)
+        self._need = 0  # the held header must be re-read under the new framing
+
+    @property
+    def pending(self) -> int:
+        return PyByteArray_GET_SIZE(self._held)
+
+    def feed(self, data) -> tuple:
+        """Returns (buf, messages): the complete messages cut by this call and their payload offsets in buf."""
+        if self._broken:
+            raise ProtocolViolation("client framer used after a protocol violation")
+        if type(data) is not bytes:
+            data = bytes(data)
+        cdef bytes chunk = <bytes>data
+        cdef bytearray held = self._held
+        cdef const unsigned char* src
+        cdef Py_ssize_t total
+        cdef bint from_held = PyByteArray_GET_SIZE(held) > 0
+        if from_held:
+            held += chunk
+            total = PyByteArray_GET_SIZE(held)
+            if total < self._need:
+                return b"", []
+            src = <const unsigned char*>PyByteArray_AS_STRING(held)
+        else:
+            total = PyBytes_GET_SIZE(chunk)
+            src = <const unsigned char*>PyBytes_AS_STRING(chunk)
+        cdef list messages = []
+        cdef Py_ssize_t cut
+        try:
+            cut = self._scan(src, total, messages)
+        except ProtocolViolation:
+            self._broken = True
+            raise
+        if not from_held and cut == total:
+            return chunk, messages
+        cdef bytes buf = PyBytes_FromStringAndSize(<const char*>src, cut) if cut else b""
+        self._held = PyByteArray_FromStringAndSize(<const char*>src + cut, total - cut)
+        self._need = self._held_message_size()
+        return buf, messages
+
+    cdef Py_ssize_t _scan(self, const unsigned char* src, Py_ssize_t total, list messages) except -1:
+        """Appends the complete messages of src to `messages`; returns the offset where the incomplete tail starts."""
+        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t end
+        cdef long long length
+        cdef long long code
+        cdef int msg_type
+        cdef long long limit = self._max_message_size
+        while True:
+            if self._in_startup:
+                if total - pos < 4:
+                    return pos
+                length = read_int32(src + pos)
+                if length > limit:
+                    raise ProtocolViolation(f"message of {length} bytes exceeds the limit of {limit} bytes")
+                if length < STARTUP_MIN or length > STARTUP_MAX:
+                    raise ProtocolViolation(
+                        f"startup packet length {length} is outside the allowed range "
+                        f"{STARTUP_MIN}..{STARTUP_MAX}"
+                    )
+                end = pos + <Py_ssize_t>length
+                if end > total:
+                    return pos
+                messages.append((0, pos + 4, end))
+                code = read_int32(src + pos + 4)
+                if code != SSL_REQUEST and code != GSSENC_REQUEST:
+                    self._in_startup = False
+                pos = end
+            else:
+                if total - pos < 5:
+                    return pos
+                msg_type = src[pos]
+                length = read_int32(src + pos + 1)
+                if length < 4:
+                    raise ProtocolViolation(
+                        f"message type {type_name(msg_type)} has invalid length {length} (must be at least 4)"
+                    )
+                if length > limit:
+                    raise ProtocolViolation(
+                        f"message of {length} bytes exceeds the limit of {limit} bytes "
+                        f"(type {type_name(msg_type)})"
+                    )
+                end = pos + 1 + <Py_ssize_t>length
+                if end > total:
+                    return pos
+                messages.append((msg_type, pos + 5, end))
+                pos = end
+
+    cdef Py_ssize_t _held_message_size(self):
+        cdef Py_ssize_t size = PyByteArray_GET_SIZE(self._held)
+        cdef const unsigned char* p = <const unsigned char*>PyByteArray_AS_STRING(self._held)
+        if self._in_startup:
+            return <Py_ssize_t>read_int32(p) if size >= 4 else 0
+        return 1 + <Py_ssize_t>read_int32(p + 1) if size >= 5 else 0
+
+
+cdef class ServerScanner:
+    """Finds message boundaries in a backend->proxy stream and extracts only the messages that change state."""
+
+    cdef bytes _interesting
+    cdef unsigned char _wanted[256]
+    cdef unsigned char _header[5]  # the first bytes of a header split across chunks
+    cdef int _header_len
+    cdef Py_ssize_t _remaining  # body bytes of the current message still to come
+    cdef bint _collecting
+    cdef int _body_type
+    cdef bytearray _body
+    cdef bint _broken
+
+    def __init__(self, interesting: bytes = DEFAULT_INTERESTING) -> None:
+        self.interesting = interesting
+        self.reset()
+
+    @property
+    def interesting(self) -> bytes:
+        return self._interesting
+
+    @interesting.setter
+    def interesting(self, value: bytes) -> None:
+        cdef bytes wanted = bytes(value)
+        cdef unsigned char c
+        memset(self._wanted, 0, sizeof(self._wanted))
+        for c in wanted:
+            self._wanted[c] = 1
+        self._interesting = wanted
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._header_len == 0 and self._remaining == 0
+
+    def reset(self) -> None:
+        """Forgets any partial message (the backend is being discarded or reset)."""
+        self._header_len = 0
+        self._remaining = 0
+        self._collecting = False
+        self._body = None
+        self._body_type = 0
+        self._broken = False
+
+    def feed(self, data) -> list:
+        """Scans one chunk; returns (type, payload, end offset in this chunk) of each interesting message completed."""
+        if self._broken:
+            raise ProtocolViolation("server scanner used after a protocol violation")
+        if type(data) is not bytes:
+            data = bytes(data)
+        cdef bytes chunk = <bytes>data
+        cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(chunk)
+        cdef Py_ssize_t total = PyBytes_GET_SIZE(chunk)
+        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t take, available, body_size, old_size
+        cdef long long length
+        cdef int msg_type
+        cdef list events = []
+        while pos < total:
+            if self._remaining:
+                take = self._remaining if self._remaining < total - pos else total - pos
+                if self._collecting:
+                    old_size = PyByteArray_GET_SIZE(self._body)
+                    PyByteArray_Resize(self._body, old_size + take)
+                    memcpy(PyByteArray_AS_STRING(self._body) + old_size, src + pos, take)
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0 and self._collecting:
+                    events.append((
+                        self._body_type,
+                        PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._body), PyByteArray_GET_SIZE(self._body)),
+                        pos,
+                    ))
+                    self._body = None
+                    self._collecting = False
+                continue
+            if self._header_len == 0 and total - pos >= 5:
+                msg_type = src[pos]
+                length = read_int32(src + pos + 1)
+                pos += 5
+            else:
+                take = 5 - self._header_len
+                if take > total - pos:
+                    take = total - pos
+                memcpy(self._header + self._header_len, src + pos, take)
+                self._header_len += <int>take
+                pos += take
+                if self._header_len < 5:
+                    break
+                msg_type = self._header[0]
+                length = read_int32(self._header + 1)
+                self._header_len = 0
+            if length < 4:
+                self._broken = True
+                raise ProtocolViolation(
+                    f"backend message type {type_name(msg_type)} has invalid length {length} "
+                    "(must be at least 4)"
+                )
+            body_size = <Py_ssize_t>(length - 4)
+            available = total - pos
+            if self._wanted[msg_type]:
+                if available >= body_size:
+                    events.append((msg_type, PyBytes_FromStringAndSize(<const char*>src + pos, body_size),
+                                   pos + body_size))
+                    pos += body_size
+                else:
+                    self._collecting = True
+                    self._body_type = msg_type
+                    self._body = PyByteArray_FromStringAndSize(<const char*>src + pos, available)
+                    self._remaining = body_size - available
+                    pos = total
+            elif available >= body_size:
+                pos += body_size
+            else:
+                self._remaining = body_size - available
+                pos = total
+        return events

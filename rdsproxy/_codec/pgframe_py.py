@@ -1,0 +1,229 @@
+"""PostgreSQL message framing in pure Python: the twin of pgframe_c with the same API and behaviour."""
+
+from __future__ import annotations
+
+import struct
+
+from ..errors import ProtocolViolation
+
+__all__ = [
+    "DEFAULT_INTERESTING",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "GSSENC_REQUEST_CODE",
+    "MAX_STARTUP_LENGTH",
+    "MIN_STARTUP_LENGTH",
+    "SSL_REQUEST_CODE",
+    "ClientFramer",
+    "ServerScanner",
+]
+
+SSL_REQUEST_CODE = 80877103
+GSSENC_REQUEST_CODE = 80877104
+MIN_STARTUP_LENGTH = 8
+MAX_STARTUP_LENGTH = 10000
+DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+DEFAULT_INTERESTING = b"ZESGHWK"
+
+_unpack_int32 = struct.Struct("!i").unpack_from
+
+
+def _type_name(msg_type: int) -> str:
+    return repr(chr(msg_type)) if 32 < msg_type < 127 else f"0x{msg_type:02x}"
+
+
+class ClientFramer:
+    """Cuts the client->proxy byte stream into complete PostgreSQL messages."""
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self._max_message_size = max_message_size
+        self._in_startup = True
+        self._held = bytearray()
+        # Total size of the held incomplete message once its header is known: lets a large message
+        # arriving in many chunks be accumulated without rescanning (0 = unknown).
+        self._need = 0
+        self._broken = False
+
+    @property
+    def in_startup(self) -> bool:
+        return self._in_startup
+
+    @in_startup.setter
+    def in_startup(self, value: bool) -> None:
+        self._in_startup = bool(value)
+        self._need = 0  # the held header must be re-read under the new framing
+
+    @property
+    def pending(self) -> int:
+        return len(self._held)
+
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
+        """Returns (buf, messages): the complete messages cut by this call and their payload offsets in buf."""
+        if self._broken:
+            raise ProtocolViolation("client framer used after a protocol violation")
+        if type(data) is not bytes:
+            data = bytes(data)
+        held = self._held
+        if held:
+            held += data
+            if len(held) < self._need:
+                return b"", []
+            src = held
+        else:
+            src = data
+        messages: list[tuple[int, int, int]] = []
+        try:
+            cut = self._scan(src, messages)
+        except ProtocolViolation:
+            self._broken = True
+            raise
+        total = len(src)
+        if src is data:
+            if cut == total:
+                return data, messages
+            self._held = bytearray(memoryview(data)[cut:])
+            buf = data[:cut]
+        else:
+            with memoryview(src) as view:
+                buf = bytes(view[:cut])
+                self._held = bytearray(view[cut:])
+        self._need = self._held_message_size()
+        return buf, messages
+
+    def _scan(self, src: bytes | bytearray, messages: list[tuple[int, int, int]]) -> int:
+        """Appends the complete messages of src to `messages`; returns the offset where the incomplete tail starts."""
+        total = len(src)
+        pos = 0
+        limit = self._max_message_size
+        while True:
+            if self._in_startup:
+                if total - pos < 4:
+                    return pos
+                (length,) = _unpack_int32(src, pos)
+                if length > limit:
+                    raise ProtocolViolation(f"message of {length} bytes exceeds the limit of {limit} bytes")
+                if length < MIN_STARTUP_LENGTH or length > MAX_STARTUP_LENGTH:
+                    raise ProtocolViolation(
+                        f"startup packet length {length} is outside the allowed range "
+                        f"{MIN_STARTUP_LENGTH}..{MAX_STARTUP_LENGTH}"
+                    )
+                end = pos + length
+                if end > total:
+                    return pos
+                messages.append((0, pos + 4, end))
+                (code,) = _unpack_int32(src, pos + 4)
+                if code != SSL_REQUEST_CODE and code != GSSENC_REQUEST_CODE:
+                    self._in_startup = False
+                pos = end
+            else:
+                if total - pos < 5:
+                    return pos
+                msg_type = src[pos]
+                (length,) = _unpack_int32(src, pos + 1)
+                if length < 4:
+                    raise ProtocolViolation(
+                        f"message type {_type_name(msg_type)} has invalid length {length} (must be at least 4)"
+                    )
+                if length > limit:
+                    raise ProtocolViolation(
+                        f"message of {length} bytes exceeds the limit of {limit} bytes (type {_type_name(msg_type)})"
+                    )
+                end = pos + 1 + length
+                if end > total:
+                    return pos
+                messages.append((msg_type, pos + 5, end))
+                pos = end
+
+    def _held_message_size(self) -> int:
+        held = self._held
+        if self._in_startup:
+            return _unpack_int32(held, 0)[0] if len(held) >= 4 else 0
+        return 1 + _unpack_int32(held, 1)[0] if len(held) >= 5 else 0
+
+
+class ServerScanner:
+    """Finds message boundaries in a backend->proxy stream and extracts only the messages that change state."""
+
+    def __init__(self, interesting: bytes = DEFAULT_INTERESTING) -> None:
+        self.interesting = interesting
+        self.reset()
+
+    @property
+    def interesting(self) -> bytes:
+        return self._interesting
+
+    @interesting.setter
+    def interesting(self, value: bytes) -> None:
+        self._interesting = bytes(value)
+        self._wanted = frozenset(self._interesting)
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self._header and self._remaining == 0
+
+    def reset(self) -> None:
+        """Forgets any partial message (the backend is being discarded or reset)."""
+        self._header = bytearray()  # the first bytes of a header split across chunks
+        self._remaining = 0  # body bytes of the current message still to come
+        self._collecting = False
+        self._body = bytearray()
+        self._body_type = 0
+        self._broken = False
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes, int]]:
+        """Scans one chunk; returns (type, payload, end offset in this chunk) of each interesting message completed."""
+        if self._broken:
+            raise ProtocolViolation("server scanner used after a protocol violation")
+        if type(data) is not bytes:
+            data = bytes(data)
+        events: list[tuple[int, bytes, int]] = []
+        total = len(data)
+        pos = 0
+        wanted = self._wanted
+        while pos < total:
+            if self._remaining:
+                take = min(self._remaining, total - pos)
+                if self._collecting:
+                    self._body += data[pos : pos + take]
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0 and self._collecting:
+                    events.append((self._body_type, bytes(self._body), pos))
+                    self._body = bytearray()
+                    self._collecting = False
+                continue
+            if not self._header and total - pos >= 5:
+                msg_type = data[pos]
+                (length,) = _unpack_int32(data, pos + 1)
+                pos += 5
+            else:
+                take = min(5 - len(self._header), total - pos)
+                self._header += data[pos : pos + take]
+                pos += take
+                if len(self._header) < 5:
+                    break
+                msg_type = self._header[0]
+                (length,) = _unpack_int32(self._header, 1)
+                self._header = bytearray()
+            if length < 4:
+                self._broken = True
+                raise ProtocolViolation(
+                    f"backend message type {_type_name(msg_type)} has invalid length {length} (must be at least 4)"
+                )
+            body_size = length - 4
+            available = total - pos
+            if msg_type in wanted:
+                if available >= body_size:
+                    events.append((msg_type, data[pos : pos + body_size], pos + body_size))
+                    pos += body_size
+                else:
+                    self._collecting = True
+                    self._body_type = msg_type
+                    self._body = bytearray(data[pos:])
+                    self._remaining = body_size - available
+                    pos = total
+            elif available >= body_size:
+                pos += body_size
+            else:
+                self._remaining = body_size - available
+                pos = total
+        return events
