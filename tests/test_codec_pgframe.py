@@ -370,3 +370,17 @@ def test_read_only_attributes(impl):
         impl.ClientFramer().pending = 1
     with pytest.raises(AttributeError):
         impl.ServerScanner().at_boundary = False
+
+
+def test_max_message_size_can_be_raised_after_setup(impl):
+    framer = impl.ClientFramer(64)
+    framer.in_startup = False
+    with pytest.raises(ProtocolViolation):
+        framer.feed(b"Q" + (200).to_bytes(4, "big"))
+    framer = impl.ClientFramer(64)
+    framer.in_startup = False
+    framer.max_message_size = 1024
+    assert framer.max_message_size == 1024
+    body = b"x" * 195 + b"\x00"
+    buf, msgs = framer.feed(b"Q" + (200).to_bytes(4, "big") + body)
+    assert msgs == [(ord("Q"), 5, 201)]

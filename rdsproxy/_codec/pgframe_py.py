@@ -44,6 +44,15 @@ class ClientFramer:
         self._broken = False
 
     @property
+    def max_message_size(self) -> int:
+        return self._max_message_size
+
+    @max_message_size.setter
+    def max_message_size(self, value: int) -> None:
+        # applies to message headers read from now on (the proxy raises it once a client is authenticated)
+        self._max_message_size = value
+
+    @property
     def in_startup(self) -> bool:
         return self._in_startup
 

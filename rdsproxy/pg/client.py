@@ -24,7 +24,8 @@ log = logging.getLogger("rdsproxy.client")
 STARTUP, AUTH, SETUP, READY, CLOSED = range(5)
 _PASSWORD = ord("p")
 
-# Limits for what a client may send before it is authenticated, and ever.
+# The largest message a client may send before it is authenticated (SCRAM and MD5 messages are tiny), and after.
+MAX_SETUP_MESSAGE = 64 * 1024
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 
 
@@ -37,12 +38,11 @@ class PgClient(asyncio.Protocol):
         self.stats = stats
         self.transport: Optional[asyncio.Transport] = None
         self.state = STARTUP
-        self.framer = ClientFramer(MAX_CLIENT_MESSAGE)
+        self.framer = ClientFramer(MAX_SETUP_MESSAGE)
         self.session = PgSession(exclude_variable_sets=engine.exclude_variable_sets)
         self.user = ""
         self.database = ""
         self.key = ("", "")
-        self.pool = None
         self.backend: Optional[PgBackend] = None
         self.pending: Optional[list[bytes]] = None  # requests waiting for a backend
         self._task: Optional[asyncio.Future] = None
@@ -352,6 +352,7 @@ class PgClient(asyncio.Protocol):
         out.append(messages.ready_for_query(b"I"))
         self.transport.write(b"".join(out))  # type: ignore[union-attr]
         self.state = READY
+        self.framer.max_message_size = MAX_CLIENT_MESSAGE
         self.stats.ClientConnectionsSetupSucceeded += 1
 
     # ------------------------------------------------------------------ closing
