@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("rdsproxy.engine")
 debug_log = logging.getLogger("rdsproxy.debug")
 
+# How often work waiting for a healthy target looks again (health checks flip targets back every interval).
+TARGET_WAIT_POLL = 0.05
+
 # Like PostgreSQL's authentication_timeout: a connection must finish startup and auth within this.
 AUTHENTICATION_TIMEOUT = 60.0
 UNAUTHENTICATED = (STARTUP, AUTH)
@@ -113,9 +116,17 @@ class PgEngine:
 
     async def borrow(self, endpoint_name: str, key: PoolKey) -> PgBackend:
         pool = self.pool_for(endpoint_name)
-        if pool is None:
-            raise BackendUnavailable(f"{self.proxy_name}: no available database target for this endpoint")
-        return await pool.borrow(key, self.borrow_timeout)
+        if pool is not None:
+            return await pool.borrow(key, self.borrow_timeout)
+        # No healthy target right now (a restart, a failover): new work waits for one to report in, within the
+        # same connection_borrow_timeout, instead of failing at once.
+        deadline = time.monotonic() + self.borrow_timeout
+        while pool is None:
+            if time.monotonic() >= deadline:
+                raise BackendUnavailable(f"{self.proxy_name}: no available database target for this endpoint")
+            await asyncio.sleep(TARGET_WAIT_POLL)
+            pool = self.pool_for(endpoint_name)
+        return await pool.borrow(key, max(deadline - time.monotonic(), 0.001))
 
     def _pool_of(self, backend: PgBackend) -> TargetPool:
         return self.targets.by_address[backend.address].pool  # type: ignore[union-attr]
@@ -317,7 +328,10 @@ class PgEngine:
         """Stop new work: idle clients are told and closed now, busy ones when their transaction ends."""
         for client in list(self.clients):
             client.draining = True
-            if client.backend is None and client.pending is None:
+            session = client.session
+            quiet = session.outstanding == 0 and not session.batch_open and session.status == ord("I")
+            # a pinned client never gives its backend back, so "between transactions" is the moment to close it
+            if client.pending is None and (client.backend is None or quiet):
                 client.fatal("57P01", "terminating connection because the proxy is shutting down")
 
     def close_all(self) -> None:
