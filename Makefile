@@ -12,11 +12,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check rdsproxy tests benchmarks
+	$(VENV)/bin/ruff format --check rdsproxy tests benchmarks
 	$(VENV)/bin/pytest -q tests
 	RDSPROXY_NO_EXTENSIONS=1 $(VENV)/bin/pytest -q tests/test_codec_*.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rdsproxy tests benchmarks
+	$(VENV)/bin/ruff format --check rdsproxy tests benchmarks
 	$(VENV)/bin/ruff format --check rdsproxy tests benchmarks
 
 system-deps:

@@ -29,9 +29,7 @@ class Listener:
             self.endpoint.listen, what=f"endpoints.{self.endpoint.name}.listen", allow_zero=True
         )
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._factory, host, port, backlog=LISTEN_BACKLOG, reuse_address=True
-        )
+        self._server = await loop.create_server(self._factory, host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
         sock = self._server.sockets[0]
         self.address = sock.getsockname()[:2]
         if sock.family in (socket.AF_INET, socket.AF_INET6):

@@ -120,12 +120,7 @@ TARGET_COUNTERS: tuple[str, ...] = (
 TARGET_LATENCIES: tuple[str, ...] = ("DatabaseConnectionsBorrowLatency", "QueryDatabaseResponseLatency")
 
 METRIC_NAMES: tuple[str, ...] = (
-    ENDPOINT_GAUGES
-    + TARGET_GAUGES
-    + ENDPOINT_COUNTERS
-    + TARGET_COUNTERS
-    + ENDPOINT_LATENCIES
-    + TARGET_LATENCIES
+    ENDPOINT_GAUGES + TARGET_GAUGES + ENDPOINT_COUNTERS + TARGET_COUNTERS + ENDPOINT_LATENCIES + TARGET_LATENCIES
 )
 
 _DESCRIPTIONS: dict[str, str] = {
@@ -356,7 +351,5 @@ class MetricsCollector(Collector):
             family = HistogramMetricFamily(prometheus_name(name), _DESCRIPTIONS[name], labels=target_labels)
             for target in targets:
                 latency = getattr(target, name)
-                family.add_metric(
-                    [proxy, target.address, target.role], latency.cumulative_buckets(), latency.sum_us
-                )
+                family.add_metric([proxy, target.address, target.role], latency.cumulative_buckets(), latency.sum_us)
             yield family

@@ -55,9 +55,7 @@ class Proxy:
                 await listener.start()
                 self._listeners[endpoint.name] = listener
             if self.config.proxy.admin_listen:
-                host, port = parse_host_port(
-                    self.config.proxy.admin_listen, what="proxy.admin_listen", allow_zero=True
-                )
+                host, port = parse_host_port(self.config.proxy.admin_listen, what="proxy.admin_listen", allow_zero=True)
                 self._admin = AdminServer(
                     self._metrics, health=self._health, stats=self._stats, refresh=self.engine.refresh_gauges
                 )

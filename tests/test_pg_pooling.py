@@ -264,8 +264,7 @@ ROUNDS = 4
 
 async def test_300_clients_multiplex_onto_10_backends(server: PostgresServer) -> None:
     server.sql(
-        "TRUNCATE counters, ledger;"
-        f" INSERT INTO counters SELECT g, 0 FROM generate_series(0, {CLIENTS - 1}) g",
+        f"TRUNCATE counters, ledger; INSERT INTO counters SELECT g, 0 FROM generate_series(0, {CLIENTS - 1}) g",
         database=server.app_database,
     )
     async with pooled_proxy(server, pool_size=10) as proxy:
@@ -282,10 +281,7 @@ async def test_300_clients_multiplex_onto_10_backends(server: PostgresServer) ->
 
         # Two thirds asyncpg, one third psycopg, all connected before any works: 300 open client sessions.
         clients: list[Client] = await asyncio.gather(
-            *(
-                connect_asyncpg(proxy, server) if i % 3 else connect_psycopg(proxy, server)
-                for i in range(CLIENTS)
-            )
+            *(connect_asyncpg(proxy, server) if i % 3 else connect_psycopg(proxy, server) for i in range(CLIENTS))
         )
         assert proxy.metrics()["ClientConnections"] == CLIENTS
         pids_seen: set[int] = set()
@@ -298,9 +294,7 @@ async def test_300_clients_multiplex_onto_10_backends(server: PostgresServer) ->
                         client, f"UPDATE counters SET n = n + 1 WHERE id = {client_id} RETURNING n"
                     )
                     assert count == round_number
-                    await client.execute(
-                        f"INSERT INTO ledger VALUES ({client_id}, {round_number}, pg_backend_pid())"
-                    )
+                    await client.execute(f"INSERT INTO ledger VALUES ({client_id}, {round_number}, pg_backend_pid())")
                     # the whole transaction runs on one backend, whoever else is busy
                     assert await fetch_value(client, "SELECT pg_backend_pid()") == pid
                 pids_seen.add(pid)
@@ -308,10 +302,7 @@ async def test_300_clients_multiplex_onto_10_backends(server: PostgresServer) ->
                     async with client.transaction():
                         await client.execute(f"UPDATE counters SET n = n + 100 WHERE id = {client_id}")
                         await client.execute("DO $$BEGIN RAISE 'roll back'; END$$")
-                assert (
-                    await fetch_value(client, f"SELECT n FROM counters WHERE id = {client_id}")
-                    == round_number
-                )
+                assert await fetch_value(client, f"SELECT n FROM counters WHERE id = {client_id}") == round_number
 
         with PeakSampler(proxy_backends) as proxy_peak, PeakSampler(server_backends, 0.005) as server_peak:
             await asyncio.gather(*(work(i, client) for i, client in enumerate(clients)))
@@ -349,9 +340,7 @@ TIMEZONES = (
 DATESTYLES = (("German", "German, DMY"), ("SQL, MDY", "SQL, MDY"), ("Postgres, DMY", "Postgres, DMY"))
 
 
-async def open_tracked_client(
-    proxy: Proxy, server: PostgresServer, index: int
-) -> tuple[Client, dict[str, Any]]:
+async def open_tracked_client(proxy: Proxy, server: PostgresServer, index: int) -> tuple[Client, dict[str, Any]]:
     """A client with only tracked state (startup parameters, SET of reported parameters): it must not pin.
 
     Returns the client and the values it must see in every transaction.
@@ -395,9 +384,7 @@ PINNED_SETUP = (
 )
 
 
-async def open_pinned_client(
-    proxy: Proxy, server: PostgresServer, index: int
-) -> tuple[Client, dict[str, Any]]:
+async def open_pinned_client(proxy: Proxy, server: PostgresServer, index: int) -> tuple[Client, dict[str, Any]]:
     """A client that leaves every kind of session state on its backend (and is therefore pinned)."""
     client: Client = await (connect_psycopg if index == 0 else connect_asyncpg)(proxy, server)
     values = {"mem": 8 + index, "timeout": 30 + index, "index": index}
@@ -475,9 +462,7 @@ async def test_concurrent_sessions_see_only_their_own_state(
         fresh = [await connect_asyncpg(proxy, server) for _ in range(10)]
         states = await hold_concurrent_transactions(fresh, SESSION_STATE_SQL)
         await close_all(fresh)
-        assert set(pinned_pids.values()) <= {state["pid"] for state in states}, (
-            "pinned backends were not reused"
-        )
+        assert set(pinned_pids.values()) <= {state["pid"] for state in states}, "pinned backends were not reused"
         clean = {**server_defaults, **CLEAN_STATE}
         assert [picked(state, clean) for state in states] == [clean] * len(states)
 
@@ -495,9 +480,7 @@ async def test_pinned_backend_is_reset_before_the_next_client_gets_it(
         requests_before = proxy.metrics()["DatabaseConnectionRequests"]
         # The successor queues for the only backend while the leaver still holds it...
         waiting = asyncio.ensure_future(fetch_row(successor, SESSION_STATE_SQL))
-        await poll(
-            lambda: proxy.metrics()["DatabaseConnectionRequests"] > requests_before, "the borrow request"
-        )
+        await poll(lambda: proxy.metrics()["DatabaseConnectionRequests"] > requests_before, "the borrow request")
         assert not waiting.done()
         await leaver.close()
         # ...and gets it back only after the reset: same server process, none of the leaver's state.
@@ -591,9 +574,7 @@ PIN_CASES = {
         ("DECLARE pinned_cursor CURSOR WITH HOLD FOR SELECT 11",),
         check=("SELECT count(*) FROM pg_cursors WHERE name = 'pinned_cursor'", 1),
     ),
-    "listen": PinCase(
-        "listen", ("LISTEN pinned_channel",), check=("SELECT count(*) FROM pg_listening_channels()", 1)
-    ),
+    "listen": PinCase("listen", ("LISTEN pinned_channel",), check=("SELECT count(*) FROM pg_listening_channels()", 1)),
     "load": PinCase("load", ("LOAD 'auto_explain'",), error=asyncpg.InsufficientPrivilegeError),
     "advisory_lock": PinCase(
         "advisory_lock",
@@ -677,9 +658,7 @@ async def test_session_state_pins_the_client_to_its_backend(server: PostgresServ
         assert metrics["DatabaseConnectionsCurrentlySessionPinned"] == 1
         assert [session["reasons"][0] for session in proxy.pinned_sessions()] == [case.reason]
         await client.close()
-        await poll(
-            lambda: proxy.metrics()["DatabaseConnectionsCurrentlySessionPinned"] == 0, "the pin to end"
-        )
+        await poll(lambda: proxy.metrics()["DatabaseConnectionsCurrentlySessionPinned"] == 0, "the pin to end")
         await close_all(background)
 
 
@@ -753,8 +732,7 @@ async def test_tracked_parameters_follow_the_client_across_shared_backends(
     ]
     async with pooled_proxy(server, pool_size=2) as proxy:
         clients: list[Client] = [
-            await (connect_psycopg if index % 2 else connect_asyncpg)(proxy, server)
-            for index in range(len(wanted))
+            await (connect_psycopg if index % 2 else connect_asyncpg)(proxy, server) for index in range(len(wanted))
         ]
         seen_on_backend: dict[int, set[tuple[str, str, str]]] = {}
 
@@ -805,9 +783,7 @@ async def test_exclude_variable_sets_filter_keeps_set_from_pinning(server: Postg
         await client.execute("SET work_mem = '8MB'")
         await client.execute("SELECT set_config('statement_timeout', '5s', false)")
         # the only backend is free for the other client: the SETs did not pin
-        assert await other.fetchval("SELECT pg_backend_pid()") == await client.fetchval(
-            "SELECT pg_backend_pid()"
-        )
+        assert await other.fetchval("SELECT pg_backend_pid()") == await client.fetchval("SELECT pg_backend_pid()")
         assert proxy.metrics()["SessionPinningEvents"] == 0
         # the filter is about variable SETs only
         await client.execute("CREATE TEMP TABLE still_pins (x int)")
@@ -836,12 +812,10 @@ async def test_debug_logging_names_pin_reason_and_statement_digest(
         assert pins == []
         return
     assert any(
-        "reason=set" in message and f"statement={statement_digest(statement.encode())}" in message
-        for message in pins
+        "reason=set" in message and f"statement={statement_digest(statement.encode())}" in message for message in pins
     ), pins
     assert any(
-        "reason=named_prepared_statement" in message
-        and f"statement={statement_digest(b'SELECT 1')}" in message
+        "reason=named_prepared_statement" in message and f"statement={statement_digest(b'SELECT 1')}" in message
         for message in pins
     ), pins
 
@@ -849,8 +823,7 @@ async def test_debug_logging_names_pin_reason_and_statement_digest(
 async def test_init_query_runs_on_every_new_backend(server: PostgresServer) -> None:
     server.sql("TRUNCATE init_log", database=server.app_database)
     init_query = (
-        "SELECT set_config('rdsproxy.init', 'yes', false);"
-        " INSERT INTO init_log (pid) VALUES (pg_backend_pid())"
+        "SELECT set_config('rdsproxy.init', 'yes', false); INSERT INTO init_log (pid) VALUES (pg_backend_pid())"
     )
     async with pooled_proxy(server, pool_size=4, init_query=init_query) as proxy:
         clients = [await connect_asyncpg(proxy, server) for _ in range(4)]
@@ -878,9 +851,7 @@ async def test_init_query_runs_on_every_new_backend(server: PostgresServer) -> N
 
 
 async def test_idle_backends_above_the_idle_limit_are_closed(server: PostgresServer) -> None:
-    async with pooled_proxy(
-        server, pool_size=10, max_idle_connections_percent=20, idle_backend_timeout=0.5
-    ) as proxy:
+    async with pooled_proxy(server, pool_size=10, max_idle_connections_percent=20, idle_backend_timeout=0.5) as proxy:
         monitor_pid = proxy.targets.all[0].monitor.process_id
         clients = [await connect_asyncpg(proxy, server) for _ in range(10)]
         rows = await hold_concurrent_transactions(clients, "SELECT pg_backend_pid() AS pid")
@@ -889,9 +860,7 @@ async def test_idle_backends_above_the_idle_limit_are_closed(server: PostgresSer
 
         def pooled_on_server() -> int:
             return int(
-                server.sql(
-                    f"SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND pid <> {monitor_pid}"
-                )
+                server.sql(f"SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND pid <> {monitor_pid}")
             )
 
         # max_idle_connections_percent=20 of a budget of 10: two idle backends stay

@@ -51,6 +51,22 @@ def _parse_data_row(payload: bytes) -> list[Optional[str]]:
     return row
 
 
+def _without_fatal_errors(data: bytes, events: list) -> tuple[bytes, Optional[str]]:
+    """`data` minus the FATAL ErrorResponses in it, and the server's reason from the last one.
+
+    A FATAL error ends this server connection, not the client's: the client hears about the loss from the proxy
+    (08006, quoting the server's reason) and stays open. A message split across chunks is left as is.
+    """
+    reason = None
+    for mtype, payload, end in reversed(events):
+        if mtype == _E and (b"VFATAL\x00" in payload or b"VPANIC\x00" in payload):
+            start = end - len(payload) - 5
+            if start >= 0:
+                data = data[:start] + data[end:]
+                reason = reason or messages.parse_error_fields(payload).get("M")
+    return data, reason
+
+
 class PgBackend(asyncio.Protocol):
     """A pooled server connection. While attached, received chunks go straight to the client's transport."""
 
@@ -72,6 +88,7 @@ class PgBackend(asyncio.Protocol):
         self.idle_since = 0.0
         self.broken = False
         self.reading_paused = False
+        self.fatal_reason: Optional[str] = None  # why the server ended this connection, when it said so
         self._waiter: Optional[asyncio.Future] = None
         self._rows: list[list[Optional[str]]] = []
         self._error: Optional[dict[str, str]] = None
@@ -86,6 +103,9 @@ class PgBackend(asyncio.Protocol):
             # steady state: forward first, then account for the few messages that change state
             try:
                 events = self.scanner.feed(data)
+                if events and _E in [event[0] for event in events]:
+                    data, fatal_reason = _without_fatal_errors(data, events)
+                    self.fatal_reason = fatal_reason or self.fatal_reason
                 client.transport.write(data)
                 if events:
                     client.backend_events(events)

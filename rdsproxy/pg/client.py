@@ -83,6 +83,12 @@ class PgClient(asyncio.Protocol):
             log.exception("internal error while serving client %d; closing it", self.process_id)
             self.fatal("XX000", "internal error in the proxy; the connection was closed")
 
+    def eof_received(self) -> bool:
+        if self.framer.pending:
+            # the client half-closed in the middle of a message: say why before closing, it may still read
+            self.fatal("08P01", "protocol violation: the client closed its side in the middle of a message")
+        return False  # close the transport
+
     def connection_lost(self, exc: Optional[Exception]) -> None:
         if self.state == CLOSED:
             return
@@ -223,6 +229,7 @@ class PgClient(asyncio.Protocol):
         session.server_events(events, backend.applied)  # type: ignore[union-attr]
         if session.outstanding <= 0:
             now = time.monotonic()
+            self.last_activity = now  # a long query is activity: idleness starts when its answer is complete
             self.stats.QueryResponseLatency.observe(int((now - self.request_started) * 1_000_000))
             self.engine.observe_db_latency(self, int((now - self.db_request_started) * 1_000_000))
             self.db_request_started = now
@@ -246,8 +253,9 @@ class PgClient(asyncio.Protocol):
         if not backend.scanner.at_boundary:
             self.close()  # a response was cut in the middle: the client's stream cannot be repaired
             return
+        reason = f" (the server said: {backend.fatal_reason})" if backend.fatal_reason else ""
         reply = self.session.fail_outstanding(
-            "08006", "the database connection was lost; the current transaction was rolled back"
+            "08006", f"the database connection was lost{reason}; the current transaction was rolled back"
         )
         if reply:
             self.transport.write(reply)  # type: ignore[union-attr]
@@ -336,7 +344,8 @@ class PgClient(asyncio.Protocol):
             self.fatal(exc.fields.get("C", "22023"), exc.fields.get("M", "invalid startup parameter"))
             return
         except BorrowTimeout as exc:
-            self.fatal("53300", f"{self.engine.proxy_name}: {exc}")
+            engine = self.engine
+            self.fatal("53300", f"{engine.proxy_name}: {exc} (connection_borrow_timeout={engine.borrow_timeout:g} s)")
             return
         if self.state != CLOSED:
             self._welcome(welcome)

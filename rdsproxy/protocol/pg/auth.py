@@ -243,9 +243,7 @@ class ScramServer:
             raise ProtocolViolation("malformed SCRAM client-first-message: empty")
         text = _decode_scram_text(data, "client-first-message")
         if text.startswith("p="):
-            raise ProtocolViolation(
-                "client requested SCRAM channel binding, but the proxy offers only SCRAM-SHA-256"
-            )
+            raise ProtocolViolation("client requested SCRAM channel binding, but the proxy offers only SCRAM-SHA-256")
         # 'y' means the client could bind but believes we cannot: true, since we offer no -PLUS.
         if not (text.startswith("n,") or text.startswith("y,")):
             raise ProtocolViolation("malformed SCRAM client-first-message: bad channel-binding flag")
@@ -356,25 +354,20 @@ class BackendAuthenticator:
             self._verify_server_final(rest)
             return None
         method = _UNSUPPORTED_METHODS.get(code, f"unknown (code {code})")
-        raise AuthenticationFailed(
-            f"backend requested {method} authentication, which rdsproxy does not support"
-        )
+        raise AuthenticationFailed(f"backend requested {method} authentication, which rdsproxy does not support")
 
     def _handle_ok(self, rest: bytes) -> None:
         if rest:
             raise ProtocolViolation("AuthenticationOk has unexpected trailing bytes")
         if self._scram_step not in ("not-started", "verified"):
-            raise AuthenticationFailed(
-                "backend ended SCRAM authentication without proving it knows the password"
-            )
+            raise AuthenticationFailed("backend ended SCRAM authentication without proving it knows the password")
         self.ok = True
         return None
 
     def _require_password(self, method: str) -> str:
         if self._password is None:
             raise AuthenticationFailed(
-                f"backend requested {method} authentication but no password is configured "
-                f'for user "{self._username}"'
+                f'backend requested {method} authentication but no password is configured for user "{self._username}"'
             )
         return self._password
 
@@ -423,9 +416,7 @@ class BackendAuthenticator:
             raise ProtocolViolation("malformed SCRAM server-first-message: invalid iteration count")
 
         assert self._password is not None  # checked when the exchange started
-        client_key, server_key = _cached_derive_keys(
-            saslprep_password(self._password), salt, int(iterations_text)
-        )
+        client_key, server_key = _cached_derive_keys(saslprep_password(self._password), salt, int(iterations_text))
         stored_key = hashlib.sha256(client_key).digest()
         without_proof = f"c={_b64encode(_CLIENT_GS2_HEADER.encode('ascii'))},r={nonce}"
         auth_message = f"{self._client_first_bare},{server_first},{without_proof}".encode()

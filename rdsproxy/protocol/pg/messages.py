@@ -277,8 +277,7 @@ def parameter_status(name: str, value: str) -> bytes:
     # surrogateescape: values parsed from a backend in another client_encoding replay byte for byte.
     return _message(
         b"S",
-        _cstring(name, "parameter name", "surrogateescape")
-        + _cstring(value, "parameter value", "surrogateescape"),
+        _cstring(name, "parameter name", "surrogateescape") + _cstring(value, "parameter value", "surrogateescape"),
     )
 
 
@@ -534,9 +533,7 @@ def parse_sasl_initial_response(body: bytes) -> tuple[str, bytes | None]:
         _expect_end(body, pos, "SASLInitialResponse")
         return mechanism, None
     if length < 0 or len(body) - pos != length:
-        raise ProtocolViolation(
-            f"SASLInitialResponse declares {length} data bytes but carries {len(body) - pos}"
-        )
+        raise ProtocolViolation(f"SASLInitialResponse declares {length} data bytes but carries {len(body) - pos}")
     return mechanism, bytes(body[pos:])
 
 

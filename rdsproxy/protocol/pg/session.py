@@ -73,6 +73,8 @@ class PgSession:
         "wanted",
         "exclude_variable_sets",
         "failing",
+        "flush_pending",
+        "discarding",
         "debug_statements",
     )
 
@@ -87,6 +89,8 @@ class PgSession:
         self.wanted: dict[str, str] = {}  # tracked session parameters, lower-case name -> value
         self.exclude_variable_sets = exclude_variable_sets
         self.failing: Optional[tuple[str, str]] = None  # (sqlstate, message) owed for the next request
+        self.flush_pending = False  # the open batch holds a Flush: its sender may be waiting for replies now
+        self.discarding = False  # this batch's error was sent: drop messages up to Sync, answer it with Z
         self.debug_statements: Optional[list[tuple[str, bytes]]] = None
 
     # ------------------------------------------------------------------ startup
@@ -112,16 +116,32 @@ class PgSession:
         fwd_from = 0
         for mtype, start, end in msgs:
             head = start - 5
-            if self.failing is not None and mtype != _X:
+            if (self.failing is not None or self.discarding) and mtype != _X:
                 # the backend of this transaction is gone: answer the next request with the error
                 forward_all = False
                 if head > fwd_from:
                     pieces.append(buf[fwd_from:head])
                 fwd_from = end
+                if self.discarding:
+                    # like a server after an error in an extended batch: skip to Sync, then ReadyForQuery
+                    if mtype == _S:
+                        self.discarding = False
+                        self.batch_open = False
+                        batch.reply += messages.ready_for_query(b"I")
+                    continue
                 if mtype == _Q or mtype == _S or mtype == _F:
-                    sqlstate, message = self.failing
+                    sqlstate, message = self.failing  # type: ignore[misc]
                     self.failing = None
+                    self.batch_open = False
                     batch.reply += messages.error_response("ERROR", sqlstate, message) + messages.ready_for_query(b"I")
+                elif mtype in _EXTENDED:
+                    self.batch_open = True
+                    if mtype == _H:
+                        # a Flush asks for the replies now (asyncpg's prepare): the error cannot wait for Sync
+                        sqlstate, message = self.failing  # type: ignore[misc]
+                        self.failing = None
+                        self.discarding = True
+                        batch.reply += messages.error_response("ERROR", sqlstate, message)
                 continue
             if mtype == _Q:
                 self.outstanding += 1
@@ -130,7 +150,9 @@ class PgSession:
                 self._inspect(buf[start : end - 1], batch)
             elif mtype in _EXTENDED:
                 self.batch_open = True
-                if mtype == _P:
+                if mtype == _H:
+                    self.flush_pending = True
+                elif mtype == _P:
                     name_end = buf.find(b"\x00", start, end)
                     query_end = buf.find(b"\x00", name_end + 1, end)
                     if name_end < 0 or query_end < 0:
@@ -143,6 +165,7 @@ class PgSession:
                     self.syncs_since_execute = 0
             elif mtype == _S:
                 self.batch_open = False
+                self.flush_pending = False
                 if not self.copy_in:
                     self.outstanding += 1
                     self.syncs_since_execute += 1
@@ -221,20 +244,26 @@ class PgSession:
     def fail_outstanding(self, sqlstate: str, message: str) -> bytes:
         """Answer every request in flight with an error (their backend is gone or never came).
 
-        Returns the bytes for the client; an open extended batch or an interrupted transaction owes its error to
+        Returns the bytes for the client. An open extended batch that ends in a Flush gets its error now and
+        its Sync only a ReadyForQuery; any other open batch, or an interrupted transaction, owes its error to
         the client's next request instead.
         """
-        reply = (messages.error_response("ERROR", sqlstate, message) + messages.ready_for_query(b"I")) * max(
-            self.outstanding, 0
-        )
-        owes_next = self.batch_open or (self.outstanding == 0 and self.status != READY_IDLE)
+        error = messages.error_response("ERROR", sqlstate, message)
+        reply = (error + messages.ready_for_query(b"I")) * max(self.outstanding, 0)
+        batch_open = self.batch_open
+        owes_next = batch_open or (self.outstanding == 0 and self.status != READY_IDLE)
         self.outstanding = 0
         self.syncs_since_execute = 0
         self.copy_in = False
         self.status = READY_IDLE
-        if owes_next:
+        if batch_open and self.flush_pending:
+            reply += error
+            self.discarding = True
+        elif owes_next:
             self.failing = (sqlstate, message)
-        self.batch_open = False
+        # an owed batch stays open until its Sync, so that a later Flush can still collect the error
+        self.batch_open = batch_open and not self.discarding
+        self.flush_pending = False
         return reply
 
     def sync_statements(self, applied: dict[str, str]) -> Optional[bytes]:
