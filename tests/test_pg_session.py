@@ -240,3 +240,26 @@ def test_interrupted_transaction_fails_the_next_request():
     batch = feed_client(session, messages.query("COMMIT"))
     assert batch.forward is None and b"C08006" in batch.reply
     assert feed_client(session, messages.query("SELECT 1")).forward == messages.query("SELECT 1")
+
+
+def test_lost_backend_answers_a_flushed_batch_at_once_then_skips_to_sync():
+    # asyncpg prepares with Parse/Describe/Flush and waits without a Sync: the error cannot wait for one
+    session = PgSession()
+    feed_client(session, parse(b"", b"SELECT 1") + msg(b"D", b"S\x00") + FLUSH)
+    reply = session.fail_outstanding("08006", "lost")
+    assert b"C08006" in reply and not reply.endswith(rfq())
+    batch = feed_client(session, bind() + execute() + SYNC)
+    assert batch.forward is None and batch.reply == rfq()
+    assert session.releasable and not session.discarding
+    assert feed_client(session, messages.query("SELECT 2")).forward == messages.query("SELECT 2")
+
+
+def test_owed_error_is_delivered_by_a_later_flush():
+    session = PgSession()
+    feed_client(session, messages.query("BEGIN"))
+    feed_server(session, rfq(b"T"))
+    session.fail_outstanding("08006", "lost")
+    batch = feed_client(session, parse(b"", b"COMMIT") + FLUSH)
+    assert b"C08006" in batch.reply and batch.forward is None
+    batch = feed_client(session, SYNC)
+    assert batch.reply == rfq() and session.releasable
