@@ -8,6 +8,7 @@ import struct
 from typing import TYPE_CHECKING, Any, Optional
 
 from .._codec import ServerScanner
+from ..backend import ATTACHED, CONNECTING, IDLE, INTERNAL, BackendConnection
 from ..errors import AuthenticationFailed, ProtocolViolation
 from ..pool import BackendUnavailable
 from ..protocol.pg import messages
@@ -23,9 +24,6 @@ _INTERNAL_INTERESTING = b"ZEDS"
 _FORWARD_INTERESTING = b"ZSEGW"
 
 _R, _S, _K, _E, _Z, _D = (ord(c) for c in "RSKEZD")
-
-# Connection states
-CONNECTING, IDLE, ATTACHED, INTERNAL, CLOSED = range(5)
 
 
 class InternalQueryError(Exception):
@@ -67,17 +65,13 @@ def _without_fatal_errors(data: bytes, events: list) -> tuple[bytes, Optional[st
     return data, reason
 
 
-class PgBackend(asyncio.Protocol):
-    """A pooled server connection. While attached, received chunks go straight to the client's transport."""
+class PgBackend(BackendConnection):
+    """A pooled PostgreSQL server connection."""
 
     def __init__(self, address: str, user: str, password: Optional[str], database: str, owner: Any) -> None:
-        self.address = address
+        super().__init__(address, (user, database), owner)
         self.user = user
         self.database = database
-        self.key: tuple[str, str] = (user, database)
-        self.owner = owner  # the engine: told when an idle backend dies
-        self.transport: Optional[asyncio.Transport] = None
-        self.state = CONNECTING
         self.scanner = ServerScanner(_STARTUP_INTERESTING)
         self._auth = BackendAuthenticator(user, password)
         self.server_params: dict[str, str] = {}
@@ -85,17 +79,9 @@ class PgBackend(asyncio.Protocol):
         self.secret_key = 0
         self.applied: dict[str, str] = {}  # tracked parameters set on this connection (beyond server defaults)
         self.client: Optional[PgClient] = None
-        self.idle_since = 0.0
-        self.broken = False
-        self.reading_paused = False
         self.fatal_reason: Optional[str] = None  # why the server ended this connection, when it said so
-        self._waiter: Optional[asyncio.Future] = None
         self._rows: list[list[Optional[str]]] = []
         self._error: Optional[dict[str, str]] = None
-
-    # ------------------------------------------------------------------ asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -130,25 +116,9 @@ class PgBackend(asyncio.Protocol):
             self.owner.idle_backend_lost(self)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        previous = self.state
-        self.state = CLOSED
-        self.broken = True
-        if previous == CONNECTING or previous == INTERNAL:
+        if self.state == CONNECTING or self.state == INTERNAL:
             self._fail(BackendUnavailable("the database closed the connection"))
-        client = self.client
-        if client is not None:
-            self.client = None
-            client.backend_lost(self)
-        elif previous == IDLE:
-            self.owner.idle_backend_lost(self)
-
-    def pause_writing(self) -> None:
-        if self.client is not None:
-            self.client.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.client is not None:
-            self.client.resume_reading()
+        self._lost()
 
     # ------------------------------------------------------------------ startup
     async def start(self, startup_params: dict[str, str]) -> None:
@@ -219,57 +189,12 @@ class PgBackend(asyncio.Protocol):
                     # our own statements never leave a transaction open; if one did, this connection is unsafe
                     self.broken = True
                 if self._error is not None:
-                    # the connection itself is fine: only this statement failed
-                    waiter, self._waiter = self._waiter, None
-                    if waiter is not None and not waiter.done():
-                        waiter.set_exception(InternalQueryError(self._error))
+                    self._reject(InternalQueryError(self._error))  # only this statement failed, not the connection
                 else:
                     self._resolve(self._rows)
 
-    def _resolve(self, value: Any) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(value)
-
-    def _fail(self, exc: BaseException) -> None:
-        self.broken = True
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-        if self.transport is not None and self.state != CLOSED:
-            self.transport.abort()
-
-    # ------------------------------------------------------------------ pool hooks
-    def attach(self, client: PgClient) -> None:
-        self.client = client
-        self.state = ATTACHED
-
-    def detach(self) -> None:
-        self.client = None
-        if self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
-
-    def on_idle(self) -> None:
-        self.state = IDLE
-
-    def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        if self.state != CLOSED and self.transport is not None:
-            self.state = CLOSED
-            try:
-                self.transport.write(messages.terminate())
-            finally:
-                self.transport.close()
+    def goodbye(self) -> bytes:
+        return messages.terminate()
 
 
 async def connect(

@@ -5,31 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from typing import TYPE_CHECKING, Optional, Union
 
-from ..pool import BackendUnavailable, PoolKey, TargetPool
+from ..engine import Engine, MonitorOwner, ProbeResult
+from ..pool import BackendUnavailable, PoolKey
 from ..protocol.pg import messages
 from ..protocol.pg.auth import Md5Server, ScramServer, ScramVerifier
 from ..protocol.pg.session import CANONICAL_NAMES, TRACKED_REPORTED, sql_literal, sync_sql
 from . import backend as pg_backend
 from .backend import InternalQueryError, PgBackend
-from .client import AUTH, READY, STARTUP, PgClient
+from .client import PgClient
 
 if TYPE_CHECKING:
     from ..config import ProxyConfig
     from ..metrics import Metrics
-    from ..targets import Target, Targets
+    from ..targets import Target
 
 log = logging.getLogger("rdsproxy.engine")
-debug_log = logging.getLogger("rdsproxy.debug")
-
-# How often work waiting for a healthy target looks again (health checks flip targets back every interval).
-TARGET_WAIT_POLL = 0.05
-
-# Like PostgreSQL's authentication_timeout: a connection must finish startup and auth within this.
-AUTHENTICATION_TIMEOUT = 60.0
-UNAUTHENTICATED = (STARTUP, AUTH)
 
 PROBE_SQL = (
     b"SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_setting('max_connections'),"
@@ -37,55 +29,22 @@ PROBE_SQL = (
 )
 
 
-class ProbeResult:
-    __slots__ = ("writable", "max_connections", "reserved_connections")
-
-    def __init__(self, writable: bool, max_connections: int, reserved_connections: int):
-        self.writable = writable
-        self.max_connections = max_connections
-        self.reserved_connections = reserved_connections
-
-
-class PgEngine:
+class PgEngine(Engine):
     """Everything the PostgreSQL side of the proxy shares between its connections."""
 
     family = "POSTGRESQL"
+    client_class = PgClient
+    InternalQueryError = InternalQueryError
 
     def __init__(self, config: ProxyConfig, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self.clients: set = set()
-        self.targets: Optional[Targets] = None
+        super().__init__(config, metrics)
         self._cancel_keys: dict[int, PgClient] = {}
         self._next_process_id = 1
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
-        self._passwords: dict[str, str] = {}
         self._validated_settings: dict[tuple, dict[str, str]] = {}
         self._decoy = ScramVerifier.from_password(secrets.token_urlsafe(24))
-        self.apply_config(config)
-
-    def apply_config(self, config: ProxyConfig) -> None:
-        """Take the settings that may change live (used at start and on SIGHUP)."""
-        self.config = config
-        tg = config.target_group
-        self.proxy_name = config.proxy.name
-        self.default_database = tg.database
-        self.borrow_timeout = float(tg.connection_borrow_timeout)
-        self.exclude_variable_sets = "EXCLUDE_VARIABLE_SETS" in tg.session_pinning_filters
-        self.init_query = tg.init_query.encode() if tg.init_query else None
-        self.debug_logging = config.proxy.debug_logging
-        self._passwords = {}  # secrets are re-read: rotation takes effect for new connections
 
     # ------------------------------------------------------------------ credentials
-    def password_of(self, user: str) -> Optional[str]:
-        password = self._passwords.get(user)
-        if password is None:
-            auth = self.config.user(user)
-            if auth is None:
-                return None
-            password = auth.resolve_password()
-            self._passwords[user] = password
-        return password
-
     def authenticator_for(self, user: str) -> Optional[Union[ScramServer, Md5Server]]:
         auth = self.config.user(user)
         if auth is None:
@@ -109,65 +68,13 @@ class PgEngine:
             return Md5Server(user, secrets.token_urlsafe(24))
         return ScramServer(self._decoy)
 
-    # ------------------------------------------------------------------ targets and pools
-    def pool_for(self, endpoint_name: str) -> Optional[TargetPool]:
-        target = self.targets.for_endpoint(endpoint_name)  # type: ignore[union-attr]
-        return target.pool if target is not None else None
-
-    async def borrow(self, endpoint_name: str, key: PoolKey) -> PgBackend:
-        pool = self.pool_for(endpoint_name)
-        if pool is not None:
-            return await pool.borrow(key, self.borrow_timeout)
-        # No healthy target right now (a restart, a failover): new work waits for one to report in, within the
-        # same connection_borrow_timeout, instead of failing at once.
-        deadline = time.monotonic() + self.borrow_timeout
-        while pool is None:
-            if time.monotonic() >= deadline:
-                raise BackendUnavailable(f"{self.proxy_name}: no available database target for this endpoint")
-            await asyncio.sleep(TARGET_WAIT_POLL)
-            pool = self.pool_for(endpoint_name)
-        return await pool.borrow(key, max(deadline - time.monotonic(), 0.001))
-
-    def _pool_of(self, backend: PgBackend) -> TargetPool:
-        return self.targets.by_address[backend.address].pool  # type: ignore[union-attr]
-
-    def return_clean(self, backend: PgBackend) -> None:
-        self._pool_of(backend).give_back(backend)
-
-    def discard_backend(self, backend: PgBackend) -> None:
-        self._pool_of(backend).discard_borrowed(backend)
-
-    def idle_backend_lost(self, backend: PgBackend) -> None:
-        self._pool_of(backend).idle_backend_lost(backend)
-
-    def return_backend(self, client: PgClient, backend: PgBackend) -> None:
-        """A client left while holding a backend: reuse it only if provably clean."""
-        backend.detach()
-        session = client.session
-        quiet = session.outstanding == 0 and not session.batch_open and session.status == ord("I")
-        if quiet and not session.pinned:
-            self.return_clean(backend)
-        elif quiet and session.pinned:
-            asyncio.ensure_future(self._discard_all(backend))
-        else:
-            # mid-transaction or mid-request: closing is the only way to be sure nothing leaks
-            self.discard_backend(backend)
-
-    async def _discard_all(self, backend: PgBackend) -> None:
-        try:
-            await backend.query(b"DISCARD ALL")
-            if self.init_query:
-                # DISCARD ALL also undid init_query's session settings: the backend must look new again
-                await backend.query(self.init_query)
-        except (InternalQueryError, BackendUnavailable, OSError) as exc:
-            log.info("closing a pinned backend that could not be reset: %s", exc)
-            self.discard_backend(backend)
-            return
+    # ------------------------------------------------------------------ backends
+    async def reset_pinned(self, backend: PgBackend) -> None:
+        await backend.query(b"DISCARD ALL")
+        if self.init_query:
+            # DISCARD ALL also undid init_query's session settings: the backend must look new again
+            await backend.query(self.init_query)
         backend.applied = {}
-        if backend.broken:
-            self.discard_backend(backend)
-        else:
-            self.return_clean(backend)
 
     async def connect(self, target: Target, key: PoolKey) -> PgBackend:
         """Open a pooled backend connection for (user, database) on `target` (the pool's connector)."""
@@ -239,7 +146,7 @@ class PgEngine:
             auth.username,
             self.password_of(auth.username),
             self.default_database,
-            _MonitorOwner(),
+            MonitorOwner(),
             startup_params={"application_name": "rdsproxy-monitor"},
         )
 
@@ -263,93 +170,13 @@ class PgEngine:
         backend = client.backend
         if backend is None or backend.process_id == 0:
             return  # nothing is running for that client
-        target = self.targets.by_address[backend.address]  # type: ignore[union-attr]
+        target = self.target_of(backend)
         asyncio.ensure_future(_send_cancel(target.host, target.port, backend.process_id, backend.secret_key))
 
     def client_gone(self, client: PgClient) -> None:
-        self.clients.discard(client)
+        super().client_gone(client)
         if self._cancel_keys.get(client.process_id) is client:
             del self._cancel_keys[client.process_id]
-
-    # ------------------------------------------------------------------ metrics and logging
-    def record_pins(self, client: PgClient, pins: list[tuple[str, str]]) -> None:
-        if len(client.session.pin_reasons) == len(pins):  # the session just became pinned: one event
-            target = self.targets.for_endpoint(client.endpoint_name)  # type: ignore[union-attr]
-            if target is not None:
-                target.stats.record_pin(pins[0][0])
-        if self.debug_logging:
-            for reason, digest in pins:
-                debug_log.info(
-                    "client %d (user %s) pinned: reason=%s statement=%s",
-                    client.process_id,
-                    client.user,
-                    reason,
-                    digest,
-                )
-
-    def refresh_gauges(self) -> None:
-        """Gauges derived from live sessions, computed when metrics are read rather than on the data path."""
-        if self.targets is None:
-            return
-        counts: dict[str, list[int]] = {t.address: [0, 0] for t in self.targets.all}
-        for client in self.clients:
-            backend = client.backend
-            if backend is not None and backend.address in counts:
-                entry = counts[backend.address]
-                entry[0] += client.session.status != ord("I")
-                entry[1] += client.session.pinned
-        for target in self.targets.all:
-            in_txn, pinned = counts[target.address]
-            target.stats.DatabaseConnectionsCurrentlyInTransaction = in_txn
-            target.stats.DatabaseConnectionsCurrentlySessionPinned = pinned
-
-    def observe_db_latency(self, client: PgClient, micros: int) -> None:
-        backend = client.backend
-        if backend is not None:
-            self.targets.by_address[backend.address].stats.QueryDatabaseResponseLatency.observe(micros)  # type: ignore[union-attr]
-
-    def sweep_idle_clients(self, idle_timeout: float, now: Optional[float] = None) -> int:
-        now = time.monotonic() if now is None else now
-        closed = 0
-        for client in list(self.clients):
-            if client.state != READY:
-                if client.state in UNAUTHENTICATED and now - client.connected_at > AUTHENTICATION_TIMEOUT:
-                    client.fatal("08P01", "canceling authentication due to timeout")
-                    closed += 1
-                continue
-            if client.session.outstanding > 0 or client.pending is not None:
-                continue
-            if now - client.last_activity > idle_timeout:
-                client.fatal("57P05", "terminating connection due to idle_client_timeout of the proxy")
-                closed += 1
-        return closed
-
-    def drain(self) -> None:
-        """Stop new work: idle clients are told and closed now, busy ones when their transaction ends."""
-        for client in list(self.clients):
-            client.draining = True
-            session = client.session
-            quiet = session.outstanding == 0 and not session.batch_open and session.status == ord("I")
-            # a pinned client never gives its backend back, so "between transactions" is the moment to close it
-            if client.pending is None and (client.backend is None or quiet):
-                client.fatal("57P01", "terminating connection because the proxy is shutting down")
-
-    def close_all(self) -> None:
-        for client in list(self.clients):
-            client.fatal("57P01", "terminating connection because the proxy is shutting down")
-            if client.transport is not None:
-                client.transport.abort()
-
-    def client_factory(self, endpoint_name: str):
-        stats = self.metrics.endpoint(endpoint_name)
-        return lambda: PgClient(self, endpoint_name, stats)
-
-
-class _MonitorOwner:
-    """Owner of a health-check connection: it is not pooled, so its idle death needs no bookkeeping."""
-
-    def idle_backend_lost(self, backend: PgBackend) -> None:
-        backend.broken = True
 
 
 async def _send_cancel(host: str, port: int, process_id: int, secret_key: int) -> None:

@@ -106,6 +106,15 @@ class PgSession:
 
     # ------------------------------------------------------------------ client -> backend
     @property
+    def quiet(self) -> bool:
+        """Between transactions with nothing in flight: a backend can be handed back (after a reset if pinned)."""
+        return self.outstanding == 0 and not self.batch_open and self.status == READY_IDLE
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.status != READY_IDLE
+
+    @property
     def releasable(self) -> bool:
         return self.outstanding == 0 and not self.batch_open and self.status == READY_IDLE and not self.pinned
 
