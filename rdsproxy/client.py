@@ -111,6 +111,9 @@ class ClientConnection(asyncio.Protocol):
     def sync_sql(self, backend: Any) -> Optional[bytes]:
         return None
 
+    async def apply_sync(self, backend: Any, plan: Any) -> None:
+        await backend.query(plan)
+
     def synced(self, backend: Any) -> None:
         pass
 
@@ -124,11 +127,10 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ forwarding requests
     def forward(self, data: bytes) -> None:
         """Send request bytes to this client's backend, borrowing one first when it has none."""
-        backend = self.backend
-        if backend is not None:
-            backend.transport.write(data)
-        elif self.pending is not None:
+        if self.pending is not None:  # waiting for a backend, or for the proxy's own exchange on it
             self.pending.append(data)
+        elif self.backend is not None:
+            self.backend.transport.write(data)
         else:
             self._borrow_and_send(data)
 
@@ -149,11 +151,11 @@ class ClientConnection(asyncio.Protocol):
         try:
             if backend is None:
                 backend = await engine.borrow(self.endpoint_name, self.key)
-            sql = self.sync_sql(backend)
-            if sql is not None:
+            plan = self.sync_sql(backend)
+            if plan is not None:
                 syncing = True
                 try:
-                    await backend.query(sql)
+                    await self.apply_sync(backend, plan)
                 except engine.InternalQueryError as exc:
                     # the client's own settings are invalid: the same error the server would give
                     engine.return_clean(backend)

@@ -29,9 +29,13 @@ class BorrowTimeout(RdsProxyError):
 class BackendUnavailable(RdsProxyError):
     """A new backend connection could not be opened (server down, auth refused, ...)."""
 
-    def __init__(self, message: str, *, sqlstate: str = "08006", fatal_fields: Optional[dict] = None):
+    def __init__(
+        self, message: str, *, sqlstate: str = "08006", fatal_fields: Optional[dict] = None, server_full: bool = False
+    ):
         super().__init__(message)
         self.sqlstate = sqlstate
+        # the server refused because it has no connection slots left (PostgreSQL 53300, MySQL 1040)
+        self.server_full = server_full or sqlstate == SERVER_FULL
         # ErrorResponse fields from the server when it refused us (e.g. unknown database): shown to the client
         self.fatal_fields = fatal_fields
 
@@ -181,7 +185,7 @@ class TargetPool:
             self._opening -= 1
             self._total -= 1
             self.stats.DatabaseConnectionsSetupFailed += 1
-            if getattr(exc, "sqlstate", None) == SERVER_FULL and self._total > 0:
+            if getattr(exc, "server_full", False) and self._total > 0:
                 # Someone else holds server slots our budget counted on: shrink to what we have and let the
                 # waiter queue for a backend that comes back, within its borrow timeout, instead of failing it.
                 log.warning(
