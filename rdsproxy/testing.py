@@ -1,9 +1,10 @@
-"""Test helpers for rdsproxy's suite and users' own: throwaway database servers and an in-process proxy."""
+"""Test helpers for rdsproxy's suite and users' own: throwaway PostgreSQL and MariaDB servers, an in-process proxy."""
 
 from __future__ import annotations
 
 import atexit
 import glob
+import itertools
 import os
 import pwd
 import re
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import quote
 
 from rdsproxy.config import AuthConfig, EndpointConfig, ProxyConfig, ProxySettings, TargetGroupConfig
@@ -25,11 +26,15 @@ if TYPE_CHECKING:
     from rdsproxy import Proxy
 
 __all__ = [
+    "MARIADB_BINDIR_ENV",
     "PG_BINDIR_ENV",
+    "MariaDBServer",
     "PostgresServer",
+    "find_mariadb_tools",
     "find_postgres_bindir",
     "proxy_config_for",
     "running_proxy",
+    "start_mariadb",
     "start_postgres",
 ]
 
@@ -42,7 +47,7 @@ CLIENT_TIMEOUT = 120.0  # pg_promote(wait => true) alone may take up to 60 s
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Pieces every throwaway server shares (PostgreSQL now, MariaDB beside it later).
+# Pieces every throwaway server shares, PostgreSQL and MariaDB alike.
 
 _port_lock = threading.Lock()
 _claimed_ports: set[int] = set()
@@ -124,6 +129,7 @@ class _ServerProcess:
     """
 
     host = LOOPBACK
+    engine_name = "server"  # for messages
 
     def __init__(self, *, prefix: str, os_user: Optional[str]) -> None:
         self.os_user = os_user
@@ -215,6 +221,46 @@ class _ServerProcess:
 
     def _graceful_stop_signal(self) -> int:
         return signal.SIGTERM
+
+    # Each engine says how to run its server, how to tell it is ready, and how a lost port race looks.
+
+    def _server_argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _wait_ready(self, log_start: int) -> bool:
+        """True once the server accepts connections; False if the process exited first."""
+        raise NotImplementedError
+
+    def _lost_port_race(self, log_text: str) -> bool:
+        raise NotImplementedError
+
+    def _start(self, *, keep_port: bool = False) -> None:
+        """Start the server, on a fresh port unless keep_port; retries when another process took the port."""
+        attempts = 20 if keep_port else 5
+        for _ in range(attempts):
+            if not keep_port or not self.port:
+                if self.port:
+                    _release_port(self.port)
+                self.port = _claim_free_port()
+            log_start = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+            self._spawn(self._server_argv())
+            if self._wait_ready(log_start):
+                return
+            if not self._lost_port_race(self._log_since(log_start)):
+                raise RuntimeError(f"{self.engine_name} failed to start; end of {self.log_path}:\n{self._log_tail()}")
+            if keep_port:
+                time.sleep(0.25)  # the port's other holder may be about to let go
+        raise RuntimeError(f"{self.engine_name} could not bind a loopback port after {attempts} attempts")
+
+    def _log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+    def restart(self) -> None:
+        """Stop (gracefully, if still running) and start again on the same port with the same data."""
+        self._shut_down(self._graceful_stop_signal())
+        self._start(keep_port=True)
 
     def stop(self, *, keep_data: bool = False) -> None:
         """Shut the server down and, unless keep_data (for a later restart()), delete its directory."""
@@ -353,6 +399,7 @@ class PostgresServer(_ServerProcess):
     scram-sha-256) that owns `app_database`.
     """
 
+    engine_name = "PostgreSQL"
     superuser = "postgres"
     superuser_password = "postgres"
     app_user = "app"
@@ -428,34 +475,17 @@ class PostgresServer(_ServerProcess):
         )
         return settings
 
-    def _start(self, *, keep_port: bool = False) -> None:
-        """Start the server, on a fresh port unless keep_port; retries when another process took the port."""
-        attempts = 20 if keep_port else 5
-        for _ in range(attempts):
-            if not keep_port or not self.port:
-                if self.port:
-                    _release_port(self.port)
-                self.port = _claim_free_port()
-            # Every setting on the command line: a replica's copied postgresql.conf must not matter.
-            argv = [self._tool("postgres"), "-D", self.data_dir]
-            for name, value in self._server_settings().items():
-                argv += ["-c", f"{name}={value}"]
-            log_start = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
-            self._spawn(argv)
-            if self._wait_ready():
-                return
-            if "could not bind" not in self._log_since(log_start):
-                raise RuntimeError(f"PostgreSQL failed to start; end of {self.log_path}:\n{self._log_tail()}")
-            if keep_port:
-                time.sleep(0.25)  # the port's other holder may be about to let go
-        raise RuntimeError(f"PostgreSQL could not bind a loopback port after {attempts} attempts")
+    def _server_argv(self) -> list[str]:
+        # Every setting on the command line: a replica's copied postgresql.conf must not matter.
+        argv = [self._tool("postgres"), "-D", self.data_dir]
+        for name, value in self._server_settings().items():
+            argv += ["-c", f"{name}={value}"]
+        return argv
 
-    def _log_since(self, offset: int) -> str:
-        with open(self.log_path, "rb") as log:
-            log.seek(offset)
-            return log.read().decode(errors="replace")
+    def _lost_port_race(self, log_text: str) -> bool:
+        return "could not bind" in log_text
 
-    def _wait_ready(self) -> bool:
+    def _wait_ready(self, log_start: int) -> bool:
         """True once postmaster.pid says this process accepts connections; False if the process exited."""
         assert self._process is not None
         pid_file = os.path.join(self.data_dir, "postmaster.pid")
@@ -478,11 +508,6 @@ class PostgresServer(_ServerProcess):
 
     def _graceful_stop_signal(self) -> int:
         return signal.SIGINT  # "fast" shutdown: ends sessions, checkpoints, exits
-
-    def restart(self) -> None:
-        """Stop (gracefully, if still running) and start again on the same port with the same data."""
-        self._shut_down(signal.SIGINT)
-        self._start(keep_port=True)
 
     # -- SQL and users --------------------------------------------------------------------------------------
 
@@ -681,18 +706,409 @@ def start_postgres(
 
 
 # ----------------------------------------------------------------------------------------------------------
+# MariaDB
+
+MARIADB_BINDIR_ENV = "RDSPROXY_MARIADB_BINDIR"
+MARIADB_AUTH_PLUGINS = ("mysql_native_password", "ed25519")
+MARIADB_MIN_CONNECTIONS = 10  # mariadbd silently raises anything lower to 10
+_MARIADB_TOOLS = ("mariadbd", "mariadb-install-db", "mariadb")
+_MARIADB_RESERVED_SETTINGS = (
+    "port",
+    "socket",
+    "bind-address",
+    "datadir",
+    "max-connections",
+    "server-id",
+    "log-bin",
+    "user",
+    "pid-file",
+    "read-only",
+)
+# Replica threads, the binlog sender and killed sessions are not client connections to kill.
+_MARIADB_NON_CLIENT_COMMANDS = ("Daemon", "Binlog Dump", "Slave_IO", "Slave_SQL", "Slave_worker", "Killed")
+
+
+def find_mariadb_tools(bindir: Optional[str] = None) -> dict[str, str]:
+    """Paths of mariadbd, mariadb-install-db and the mariadb client, by program name.
+
+    Looks in `bindir` if given, else in $RDSPROXY_MARIADB_BINDIR if set, else on PATH and in /usr/sbin and
+    /usr/bin (mariadbd lives in /usr/sbin, which is not on every user's PATH).
+    """
+    if bindir is None:
+        bindir = os.environ.get(MARIADB_BINDIR_ENV) or None
+    if bindir is not None:
+        search_path = bindir
+    else:
+        search_path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
+    tools = {name: shutil.which(name, path=search_path) for name in _MARIADB_TOOLS}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        searched = bindir if bindir is not None else "PATH, /usr/sbin and /usr/bin"
+        raise RuntimeError(
+            f"MariaDB programs not found: {', '.join(missing)} (searched {searched}): install them with "
+            f"`apt-get install mariadb-server` (Debian/Ubuntu; it brings the mariadb client too) or your system's "
+            f"MariaDB server package, or set {MARIADB_BINDIR_ENV} to the directory that holds them"
+        )
+    return {name: path for name, path in tools.items() if path is not None}
+
+
+def _quote_mariadb_literal(text: str) -> str:
+    # Backslash escapes are on by default (no NO_BACKSLASH_ESCAPES in sql_mode), so double them too.
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _quote_mariadb_ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _mariadb_account(name: str) -> str:
+    return f"{_quote_mariadb_literal(name)}@'%'"
+
+
+_mariadb_template_lock = threading.Lock()
+_mariadb_templates: dict[tuple[str, str], str] = {}
+_mariadb_server_ids = itertools.count(1)  # unique within this process, where every replication pair lives
+
+# Sizes shared by mariadb-install-db and mariadbd: the redo log made for the template must fit the server.
+_MARIADB_INNODB_SIZES = ("--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M")
+
+
+def _mariadb_template(tools: Mapping[str, str]) -> str:
+    """A data directory made by mariadb-install-db once per process; each server starts from a copy.
+
+    It holds the system tables, root@localhost without a password, and the replication account. Replicas
+    start from the same copy, so everything a primary does after its start reaches them through the binlog.
+    """
+    key = (tools["mariadb-install-db"], tools["mariadbd"])
+    with _mariadb_template_lock:
+        if key not in _mariadb_templates:
+            template_dir = tempfile.mkdtemp(prefix="mytemplate.", dir="/tmp")
+            atexit.register(shutil.rmtree, template_dir, True)
+            setup_file = os.path.join(template_dir, "setup.sql")
+            with open(setup_file, "w") as file:
+                # Bootstrap runs without grant tables: FLUSH PRIVILEGES loads them so CREATE USER works.
+                # The root@<hostname> rows only produce warnings under --skip-name-resolve.
+                file.write(
+                    "DELETE FROM mysql.global_priv WHERE Host NOT IN ('localhost', '127.0.0.1', '::1');\n"
+                    "DELETE FROM mysql.proxies_priv WHERE Host NOT IN ('localhost', '127.0.0.1', '::1');\n"
+                    "FLUSH PRIVILEGES;\n"
+                    f"CREATE USER {_mariadb_account(MariaDBServer.replication_user)} IDENTIFIED VIA "
+                    "mysql_native_password USING PASSWORD("
+                    f"{_quote_mariadb_literal(MariaDBServer.replication_password)});\n"
+                    "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO "
+                    f"{_mariadb_account(MariaDBServer.replication_user)};\n"
+                )
+            data_dir = os.path.join(template_dir, "data")
+            argv = [
+                tools["mariadb-install-db"],
+                "--no-defaults",
+                f"--datadir={data_dir}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+                f"--extra-file={setup_file}",
+                *_MARIADB_INNODB_SIZES,
+            ]
+            if os.geteuid() == 0:
+                argv.append("--user=root")
+            result = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                cwd=template_dir,
+                env=_client_environment(HOME=template_dir),
+                timeout=CLIENT_TIMEOUT,
+            )
+            if result.returncode != 0:
+                output = (result.stdout + result.stderr).strip()
+                raise RuntimeError(f"mariadb-install-db failed (exit {result.returncode}): {output}")
+            _mariadb_templates[key] = data_dir
+        return _mariadb_templates[key]
+
+
+class MariaDBServer(_ServerProcess):
+    """A private MariaDB instance in /tmp/my.XXXX, listening on 127.0.0.1:<port> and a unix socket there.
+
+    Made by start_mariadb() or make_replica(). Comes with an app user (`app_user` / `app_password`,
+    mysql_native_password) with all rights on `app_database`. The superuser is root without a password,
+    reachable over the unix socket (sql()). Every server writes a binlog, so any of them can feed a replica.
+
+    MariaDB admits max_connections + 1 sessions: the extra one is kept for a user with SUPER (as root is),
+    so sql() still works when ordinary users have used up max_connections.
+    """
+
+    engine_name = "MariaDB"
+    superuser = "root"
+    app_user = "app"
+    app_password = "app-secret"
+    app_database = "app"
+    replication_user = "replicator"
+    replication_password = "replicator-secret"
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 200,
+        settings: Optional[Mapping[str, str]] = None,
+        bindir: Optional[str] = None,
+    ) -> None:
+        reserved = sorted({name.replace("_", "-") for name in settings or {}} & set(_MARIADB_RESERVED_SETTINGS))
+        if reserved:
+            raise ValueError(f"settings may not override {', '.join(reserved)}: rdsproxy.testing manages them")
+        if max_connections < MARIADB_MIN_CONNECTIONS:
+            raise ValueError(
+                f"max_connections must be at least {MARIADB_MIN_CONNECTIONS} (MariaDB's minimum), got {max_connections}"
+            )
+        self.tools = find_mariadb_tools(bindir)
+        self.max_connections = max_connections
+        self.settings = dict(settings or {})
+        self._bindir = bindir
+        # mariadbd runs as whoever starts it (with --user=root when that is root): no OS user switch.
+        super().__init__(prefix="my.", os_user=None)
+        self.data_dir = os.path.join(self.socket_dir, "data")
+        self.socket_path = os.path.join(self.socket_dir, "mariadb.sock")
+        self.server_id = next(_mariadb_server_ids)
+        self.replicas: list[MariaDBServer] = []
+        self._read_only = False  # replicas start read-only; promote() clears it for later restarts too
+
+    def __enter__(self) -> MariaDBServer:
+        return self
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def _create_data_dir(self) -> None:
+        subprocess.run(["cp", "-a", _mariadb_template(self.tools), self.data_dir], check=True, capture_output=True)
+
+    def _server_argv(self) -> list[str]:
+        argv = [
+            self.tools["mariadbd"],
+            "--no-defaults",
+            # Speed over durability against an OS crash; committed data still survives kill9 of the server
+            # (flush-log-at-trx-commit=2 hands the redo log to the OS at every commit).
+            "--innodb-flush-log-at-trx-commit=2",
+            "--sync-binlog=0",
+            "--innodb-doublewrite=0",
+            *_MARIADB_INNODB_SIZES,
+            "--innodb-temp-data-file-path=ibtmp1:1M:autoextend",  # the default writes 12 MB at every start
+            "--innodb-use-native-aio=0",  # many servers at once would exhaust the machine's aio contexts
+            "--aria-pagecache-buffer-size=8M",
+            "--key-buffer-size=1M",
+            "--skip-name-resolve",
+            "--plugin-load-add=auth_ed25519",  # on every server: a replica must apply ed25519 users too
+            "--log-slave-updates",
+            "--binlog-format=ROW",
+            "--relay-log=relay-bin",  # the default name follows the host name
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_general_ci",
+        ]
+        argv += [f"--{name}={value}" for name, value in self.settings.items()]
+        argv += [
+            f"--datadir={self.data_dir}",
+            f"--socket={self.socket_path}",
+            f"--port={self.port}",
+            f"--bind-address={LOOPBACK}",
+            f"--pid-file={os.path.join(self.socket_dir, 'mariadbd.pid')}",
+            f"--server-id={self.server_id}",
+            "--log-bin=binlog",
+            f"--max-connections={self.max_connections}",
+            f"--read-only={int(self._read_only)}",
+        ]
+        if os.geteuid() == 0:
+            argv.append("--user=root")  # mariadbd refuses to run as root without it
+        return argv
+
+    def _wait_ready(self, log_start: int) -> bool:
+        # Without --log-error mariadbd logs to stderr, which _spawn sends to our log file.
+        assert self._process is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while self._process.poll() is None:
+            if "ready for connections" in self._log_since(log_start):
+                return True
+            if time.monotonic() > deadline:
+                self.kill9()
+                raise TimeoutError(f"MariaDB on port {self.port} not ready after {START_TIMEOUT:g} s")
+            time.sleep(0.02)
+        return False
+
+    def _lost_port_race(self, log_text: str) -> bool:
+        return "Address already in use" in log_text
+
+    # -- SQL and users --------------------------------------------------------------------------------------
+
+    def sql(self, query: str, *, database: Optional[str] = None) -> str:
+        """Run `query` (one or more statements) with the mariadb client as root over the unix socket.
+
+        Returns the batch output without column names (`mariadb -N -B`: tab-separated, one row a line)
+        and without its final newline. Raises RuntimeError with the client's error text.
+        """
+        return self._client(query, "--batch", "--skip-column-names", database=database)
+
+    def _client(self, query: str, *output_options: str, database: Optional[str] = None) -> str:
+        argv = [
+            self.tools["mariadb"],
+            "--no-defaults",
+            "--protocol=socket",
+            f"--socket={self.socket_path}",
+            f"--user={self.superuser}",
+            "--connect-timeout=10",
+            *output_options,
+            f"--execute={query}",
+        ]
+        if database is not None:
+            argv.append(f"--database={database}")
+        try:
+            result = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                env=_client_environment(),
+                timeout=CLIENT_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"mariadb timed out after {CLIENT_TIMEOUT:g} s on port {self.port}") from None
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip() or f"mariadb failed with exit code {result.returncode}")
+        return result.stdout.rstrip("\n")
+
+    def create_user(
+        self,
+        name: str,
+        password: Optional[str],
+        *,
+        plugin: str = "mysql_native_password",
+        databases: Iterable[str] = (),
+    ) -> None:
+        """Create `name`@'%' authenticated by `plugin`, with all rights on each of `databases`.
+
+        plugin: "mysql_native_password" or "ed25519" (MariaDB 10.11 has no caching_sha2_password server
+        plugin). A password of None means none at all (mysql_native_password only). Replicas get the user
+        through replication.
+        """
+        if plugin not in MARIADB_AUTH_PLUGINS:
+            hint = " (MariaDB has no caching_sha2_password server plugin)" if plugin == "caching_sha2_password" else ""
+            raise ValueError(f"plugin must be one of {', '.join(MARIADB_AUTH_PLUGINS)}{hint}, got {plugin!r}")
+        if password is None and plugin != "mysql_native_password":
+            raise ValueError(f"plugin {plugin!r} needs a password")
+        if not name:
+            raise ValueError("user names for rdsproxy.testing must be non-empty")
+        statements = [f"CREATE USER {_mariadb_account(name)} IDENTIFIED VIA {plugin}"]
+        if password is not None:
+            statements[0] += f" USING PASSWORD({_quote_mariadb_literal(password)})"
+        statements += [f"GRANT ALL ON {_quote_mariadb_ident(db)}.* TO {_mariadb_account(name)}" for db in databases]
+        self.sql(";\n".join(statements))
+
+    def create_database(self, name: str, owner: Optional[str] = None) -> None:
+        """Create database `name`; `owner`, if given, gets all rights on it."""
+        statement = f"CREATE DATABASE {_quote_mariadb_ident(name)}"
+        if owner is not None:
+            statement += f";\nGRANT ALL ON {_quote_mariadb_ident(name)}.* TO {_mariadb_account(owner)}"
+        self.sql(statement)
+
+    def kill_connections(self, user: Optional[str] = None) -> int:
+        """KILL CONNECTION every client session (of `user` only, if given); returns how many were killed.
+
+        Replication threads and the session running this are left alone.
+        """
+        excluded = ", ".join(_quote_mariadb_literal(command) for command in _MARIADB_NON_CLIENT_COMMANDS)
+        condition = f"ID <> CONNECTION_ID() AND USER <> 'system user' AND COMMAND NOT IN ({excluded})"
+        if user is not None:
+            condition += f" AND USER = {_quote_mariadb_literal(user)}"
+        killed = 0
+        for session_id in self.sql(f"SELECT ID FROM information_schema.PROCESSLIST WHERE {condition}").split():
+            try:
+                self.sql(f"KILL CONNECTION {int(session_id)}")
+            except RuntimeError as exc:
+                if "Unknown thread id" not in str(exc):  # it ended on its own meanwhile
+                    raise
+            else:
+                killed += 1
+        return killed
+
+    # -- replication ----------------------------------------------------------------------------------------
+
+    def make_replica(self) -> MariaDBServer:
+        """A started, read-only replica of this server (GTID replication from the start of its binlog),
+        with the same settings, caught up before it is returned."""
+        replica = MariaDBServer(max_connections=self.max_connections, settings=self.settings, bindir=self._bindir)
+        replica._read_only = True
+        try:
+            replica._create_data_dir()
+            replica._start()
+            replica.sql(
+                f"CHANGE MASTER TO MASTER_HOST='{LOOPBACK}', MASTER_PORT={self.port}, "
+                f"MASTER_USER={_quote_mariadb_literal(self.replication_user)}, "
+                f"MASTER_PASSWORD={_quote_mariadb_literal(self.replication_password)}, "
+                "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1;\nSTART SLAVE"
+            )
+            self.wait_caught_up(replica)
+        except BaseException:
+            replica.stop()
+            raise
+        self.replicas.append(replica)
+        return replica
+
+    def wait_caught_up(self, replica: MariaDBServer, *, timeout: float = 30.0) -> None:
+        """Block until `replica` has applied everything this server has written to its binlog so far."""
+        position = self.sql("SELECT @@global.gtid_binlog_pos")
+        # MASTER_GTID_WAIT returns 0 once the replica got there, -1 on timeout.
+        reached = replica.sql(f"SELECT MASTER_GTID_WAIT({_quote_mariadb_literal(position)}, {timeout:g})")
+        if reached != "0":
+            status = replica._client("SHOW SLAVE STATUS", "--vertical").splitlines()
+            wanted = ("Slave_IO_Running:", "Slave_SQL_Running:", "Last_IO_Error:", "Last_SQL_Error:")
+            details = "; ".join(line.strip() for line in status if line.strip().startswith(wanted))
+            details = details or "replication is not configured"
+            raise TimeoutError(
+                f"replica on port {replica.port} did not reach GTID {position!r} within {timeout:g} s: {details}"
+            )
+
+    def promote(self) -> None:
+        """Turn this replica into a writable primary: stop and forget replication, clear read_only."""
+        self.sql("STOP SLAVE;\nRESET SLAVE ALL;\nSET GLOBAL read_only = 0")
+        self._read_only = False
+
+    def is_replica(self) -> bool:
+        # read_only on its own: combined with a table read in one SELECT it was seen to report 0 (10.11).
+        return self.sql("SELECT @@global.read_only") == "1" or self.sql("SHOW SLAVE STATUS") != ""
+
+
+def start_mariadb(
+    *,
+    max_connections: int = 200,
+    settings: Optional[Mapping[str, str]] = None,
+    bindir: Optional[str] = None,
+) -> MariaDBServer:
+    """Start a throwaway MariaDB on 127.0.0.1 with the app user and database; stop() deletes it.
+
+    `settings` are extra server options (name -> value, e.g. {"wait_timeout": "60"}, passed as
+    --name=value); `bindir` overrides the binary search (see find_mariadb_tools).
+    """
+    server = MariaDBServer(max_connections=max_connections, settings=settings, bindir=bindir)
+    try:
+        server._create_data_dir()
+        server._start()
+        server.create_database(server.app_database)
+        server.create_user(server.app_user, server.app_password, databases=[server.app_database])
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+# ----------------------------------------------------------------------------------------------------------
 # In-process proxy
 
 
-def proxy_config_for(server: PostgresServer, **target_group_overrides: Any) -> ProxyConfig:
+def proxy_config_for(server: Union[PostgresServer, MariaDBServer], **target_group_overrides: Any) -> ProxyConfig:
     """A proxy configuration in front of `server`: one endpoint on 127.0.0.1:<ephemeral>, the app user.
 
-    Keyword arguments override TargetGroupConfig fields, e.g. targets=[primary.address(), replica.address()]
-    or connection_borrow_timeout=1.
+    The engine family follows the server (POSTGRESQL or MYSQL), and with it the app user's default
+    client_password_auth_type (POSTGRES_SCRAM_SHA_256 or MYSQL_NATIVE_PASSWORD). Keyword arguments override
+    TargetGroupConfig fields, e.g. targets=[primary.address(), replica.address()] or connection_borrow_timeout=1.
     """
+    engine_family = "MYSQL" if isinstance(server, MariaDBServer) else "POSTGRESQL"
     target_group = {"targets": [server.address()], "database": server.app_database, **target_group_overrides}
     return ProxyConfig(
-        proxy=ProxySettings(name="rdsproxy-test"),
+        proxy=ProxySettings(name="rdsproxy-test", engine_family=engine_family),
         endpoints=[EndpointConfig(listen=f"{LOOPBACK}:0")],
         target_group=TargetGroupConfig(**target_group),
         auth=[AuthConfig(username=server.app_user, password=server.app_password)],

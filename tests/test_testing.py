@@ -1,4 +1,4 @@
-"""Tests of rdsproxy.testing: throwaway PostgreSQL servers, users, crashes, replicas and the proxy helpers."""
+"""Tests of rdsproxy.testing: throwaway PostgreSQL and MariaDB servers, users, crashes, replicas, proxy helpers."""
 
 from __future__ import annotations
 
@@ -7,21 +7,27 @@ import secrets
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
+import aiomysql
 import asyncpg
+import pymysql
 import pytest
 
 import rdsproxy.testing
 from rdsproxy.errors import ConfigError
 from rdsproxy.testing import (
+    MARIADB_BINDIR_ENV,
     PG_BINDIR_ENV,
+    MariaDBServer,
     PostgresServer,
     proxy_config_for,
     running_proxy,
+    start_mariadb,
     start_postgres,
 )
 
@@ -314,8 +320,21 @@ def test_stop_deletes_the_directory_unless_kept() -> None:
     assert not server.running and not os.path.exists(server.socket_dir)
 
 
+def record_temp_dirs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Prefixes of the temp dirs made from now on in this process (other processes share /tmp)."""
+    prefixes: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(*args: Any, **kwargs: Any) -> str:
+        prefixes.append(kwargs.get("prefix", ""))
+        return real_mkdtemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+    return prefixes
+
+
 def test_missing_binaries_say_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = set(os.listdir("/tmp"))
+    made = record_temp_dirs(monkeypatch)
     with pytest.raises(RuntimeError) as by_argument:
         start_postgres(bindir=str(tmp_path))
     monkeypatch.setenv(PG_BINDIR_ENV, str(tmp_path))
@@ -327,7 +346,7 @@ def test_missing_binaries_say_what_to_install(tmp_path: Path, monkeypatch: pytes
         assert str(tmp_path) in message
         assert "apt-get install postgresql-15" in message
         assert PG_BINDIR_ENV in message
-    assert not {name for name in set(os.listdir("/tmp")) - before if name.startswith("pg.")}
+    assert "pg." not in made
 
 
 def test_reserved_settings_are_refused() -> None:
@@ -337,6 +356,8 @@ def test_reserved_settings_are_refused() -> None:
 
 def test_proxy_config_for(pg: PostgresServer) -> None:
     config = proxy_config_for(pg, connection_borrow_timeout=2, max_connections_percent=50)
+    assert config.proxy.engine_family == "POSTGRESQL"
+    assert config.user(pg.app_user).client_password_auth_type == "POSTGRES_SCRAM_SHA_256"  # type: ignore[union-attr]
     assert [endpoint.listen for endpoint in config.endpoints] == ["127.0.0.1:0"]
     assert config.target_group.targets == [pg.address()]
     assert config.target_group.database == pg.app_database
@@ -361,3 +382,347 @@ async def test_running_proxy_serves_queries(pg: PostgresServer) -> None:
             assert await connection.fetchval("SELECT current_user") == pg.app_user
         finally:
             await connection.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MariaDB
+
+
+def mariadb_over_tcp(
+    server: MariaDBServer, user: str, password: Optional[str], query: str, *, database: Optional[str] = None
+) -> subprocess.CompletedProcess[str]:
+    argv = ["mariadb", "--no-defaults", "-N", "-B", f"--host={server.host}", f"--port={server.port}", f"--user={user}"]
+    argv.append("--skip-password" if password is None else f"--password={password}")
+    if database is not None:
+        argv.append(f"--database={database}")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MYSQL")}
+    return subprocess.run([*argv, "-e", query], env=env, capture_output=True, text=True, timeout=60)
+
+
+def pymysql_connect(
+    server: MariaDBServer, user: str, password: str, *, database: Optional[str] = None
+) -> pymysql.connections.Connection:
+    return pymysql.connect(
+        host=server.host, port=server.port, user=user, password=password, database=database, connect_timeout=10
+    )
+
+
+def query_one(connection: pymysql.connections.Connection, query: str) -> tuple:
+    with connection.cursor() as cursor:
+        cursor.execute(query)
+        return cursor.fetchone()
+
+
+def mysql_error_code(caught: pytest.ExceptionInfo[pymysql.MySQLError]) -> int:
+    return caught.value.args[0]
+
+
+def test_start_mariadb_gives_a_private_server_with_the_app_user(mariadb: MariaDBServer) -> None:
+    assert mariadb.address() == f"127.0.0.1:{mariadb.port}"
+    assert mariadb.running
+    assert os.path.dirname(mariadb.socket_path) == mariadb.socket_dir and len(mariadb.socket_path) < 108
+    assert os.path.isdir(os.path.join(mariadb.data_dir, "mysql"))
+    assert mariadb.sql("SELECT @@global.max_connections, @@global.read_only, @@port, @@socket") == (
+        f"200\t0\t{mariadb.port}\t{mariadb.socket_path}"
+    )
+    assert mariadb.sql("SELECT current_user()") == "root@localhost"
+    assert not mariadb.is_replica()
+
+    result = mariadb_over_tcp(
+        mariadb, mariadb.app_user, mariadb.app_password, "SELECT current_user(), database()", database="app"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "app@%\tapp"
+
+    connection = pymysql_connect(mariadb, mariadb.app_user, mariadb.app_password, database=mariadb.app_database)
+    try:
+        table = unique_name("t")
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE TABLE {table} (v int)")
+            cursor.execute(f"INSERT INTO {table} VALUES (7)")
+        connection.commit()
+        assert query_one(connection, f"SELECT v FROM {table}") == (7,)
+        # What the proxy's health probe reads needs no privilege.
+        assert query_one(connection, "SELECT @@global.read_only, @@global.max_connections") == (0, 200)
+        with pytest.raises(pymysql.err.OperationalError) as denied:
+            query_one(connection, "SELECT count(*) FROM mysql.user")
+        assert mysql_error_code(denied) == 1142  # least privilege: only app.*
+    finally:
+        connection.close()
+    assert mariadb_over_tcp(mariadb, mariadb.app_user, "wrong", "SELECT 1").returncode != 0
+
+
+async def test_aiomysql_logs_in_as_the_app_user(mariadb: MariaDBServer) -> None:
+    connection = await aiomysql.connect(
+        host=mariadb.host,
+        port=mariadb.port,
+        user=mariadb.app_user,
+        password=mariadb.app_password,
+        db=mariadb.app_database,
+    )
+    try:
+        async with connection.cursor() as cursor:
+            await cursor.execute("SELECT current_user()")
+            assert await cursor.fetchone() == ("app@%",)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("plugin", ["mysql_native_password", "ed25519"])
+def test_mariadb_users_log_in_with_their_plugin(mariadb: MariaDBServer, plugin: str) -> None:
+    name = unique_name("user_" + plugin[:6])
+    password = f"pw-{plugin}'quote\\slash"
+    mariadb.create_user(name, password, plugin=plugin, databases=[mariadb.app_database])
+    assert mariadb.sql(f"SELECT plugin FROM mysql.user WHERE user = '{name}'") == plugin
+
+    result = mariadb_over_tcp(mariadb, name, password, "SELECT current_user()")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{name}@%"
+    connection = pymysql_connect(mariadb, name, password, database=mariadb.app_database)
+    try:
+        assert query_one(connection, "SELECT current_user(), database()") == (f"{name}@%", mariadb.app_database)
+    finally:
+        connection.close()
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        pymysql_connect(mariadb, name, "wrong")
+    assert mysql_error_code(refused) == 1045
+
+
+def test_mariadb_create_user_options(mariadb: MariaDBServer) -> None:
+    with pytest.raises(ValueError, match="no caching_sha2_password server plugin"):
+        mariadb.create_user("nobody", "pw", plugin="caching_sha2_password")
+    with pytest.raises(ValueError, match="plugin must be one of mysql_native_password, ed25519"):
+        mariadb.create_user("nobody", "pw", plugin="unix_socket")
+    with pytest.raises(ValueError, match="needs a password"):
+        mariadb.create_user("nobody", None, plugin="ed25519")
+    assert mariadb.sql("SELECT count(*) FROM mysql.user WHERE user = 'nobody'") == "0"
+
+    owner, database, member, passwordless = unique_name("owner"), unique_name("db"), unique_name("m"), unique_name("np")
+    mariadb.create_user(owner, "pw")
+    mariadb.create_database(database, owner=owner)
+    mariadb.create_user(member, "pw", databases=[database])
+    mariadb.create_user(passwordless, None)
+    for user, password in ((owner, "pw"), (member, "pw"), (passwordless, None)):
+        result = mariadb_over_tcp(mariadb, user, password, "CREATE TABLE IF NOT EXISTS t (v int)", database=database)
+        expected_success = user != passwordless  # it has no rights on the database
+        assert (result.returncode == 0) == expected_success, (user, result.stderr)
+    result = mariadb_over_tcp(mariadb, passwordless, None, "SELECT current_user()")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{passwordless}@%"
+
+
+def test_mariadb_restart_keeps_port_settings_and_data(fresh_mariadb: Callable[..., MariaDBServer]) -> None:
+    server = fresh_mariadb(max_connections=12, settings={"wait_timeout": "77"})
+    port = server.port
+    server.sql("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before restart')", database="app")
+    server.restart()
+    assert server.running and server.port == port
+    assert server.sql("SELECT v FROM kept", database="app") == "before restart"
+    assert server.sql("SELECT @@global.max_connections, @@global.wait_timeout") == "12\t77"
+    result = mariadb_over_tcp(server, server.app_user, server.app_password, "SELECT count(*) FROM kept", database="app")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
+def test_mariadb_max_connections_leave_one_for_root(fresh_mariadb: Callable[..., MariaDBServer]) -> None:
+    server = fresh_mariadb(max_connections=10)
+    connections = []
+    try:
+        for _ in range(10):
+            connections.append(pymysql_connect(server, server.app_user, server.app_password))
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            pymysql_connect(server, server.app_user, server.app_password)
+        assert mysql_error_code(refused) == 1040
+        assert server.sql("SELECT count(*) FROM information_schema.PROCESSLIST WHERE USER = 'app'") == "10"
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def test_mariadb_kill9_then_restart(fresh_mariadb: Callable[..., MariaDBServer]) -> None:
+    server = fresh_mariadb()
+    server.sql("CREATE TABLE survivors (v int); INSERT INTO survivors VALUES (9)", database="app")
+    port = server.port
+    busy = subprocess.Popen(
+        [
+            "mariadb",
+            "--no-defaults",
+            f"--host={server.host}",
+            f"--port={port}",
+            f"--user={server.app_user}",
+            f"--password={server.app_password}",
+            "-e",
+            "SELECT SLEEP(600)",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        sleeping = "SELECT count(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(600)'"
+        while server.sql(sleeping) != "1" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.sql(sleeping) == "1"
+
+        server.kill9()
+        assert not server.running
+        _, errors = busy.communicate(timeout=30)
+        assert "Lost connection" in errors
+    finally:
+        busy.kill()
+        busy.wait()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((server.host, port), timeout=5).close()
+    with pytest.raises(RuntimeError):
+        server.sql("SELECT 1")
+
+    server.restart()  # crash recovery from the same data directory
+    assert server.port == port
+    assert server.sql("SELECT v FROM survivors", database="app") == "9"
+
+
+def test_mariadb_kill_connections(mariadb: MariaDBServer) -> None:
+    name = unique_name("victim")
+    mariadb.create_user(name, "pw")
+    victims = [pymysql_connect(mariadb, name, "pw") for _ in range(2)]
+    bystander = pymysql_connect(mariadb, mariadb.app_user, mariadb.app_password)
+    try:
+        assert mariadb.kill_connections(name) == 2
+        for victim in victims:
+            with pytest.raises(pymysql.err.OperationalError) as lost:
+                query_one(victim, "SELECT 1")
+            assert mysql_error_code(lost) in (2006, 2013, 1927)  # gone / lost / killed, by timing
+        assert query_one(bystander, "SELECT 1") == (1,)
+        assert mariadb.kill_connections(name) == 0
+    finally:
+        for connection in (*victims, bystander):
+            connection.close()
+
+
+def test_mariadb_replica_follows_and_takes_over(fresh_mariadb: Callable[..., MariaDBServer]) -> None:
+    primary = fresh_mariadb()
+    replica = primary.make_replica()
+    assert primary.replicas == [replica]
+    assert replica.port != primary.port and replica.server_id != primary.server_id
+    assert replica.is_replica() and not primary.is_replica()
+
+    late_user = unique_name("late")
+    primary.create_user(late_user, "late-pw", plugin="ed25519", databases=[primary.app_database])
+    primary.sql("CREATE TABLE t (v int); INSERT INTO t VALUES (1)", database="app")
+    primary.wait_caught_up(replica)
+    assert replica.sql("SELECT v FROM t", database="app") == "1"
+    for user, password in ((replica.app_user, replica.app_password), (late_user, "late-pw")):
+        connection = pymysql_connect(replica, user, password, database="app")
+        try:
+            assert query_one(connection, "SELECT count(*) FROM t") == (1,)
+            with pytest.raises(pymysql.err.OperationalError) as refused:
+                query_one(connection, "INSERT INTO t VALUES (2)")
+            assert mysql_error_code(refused) == 1290  # --read-only
+        finally:
+            connection.close()
+
+    replica.sql("STOP SLAVE SQL_THREAD")
+    primary.sql("INSERT INTO t VALUES (10)", database="app")
+    with pytest.raises(TimeoutError, match="Slave_SQL_Running: No"):
+        primary.wait_caught_up(replica, timeout=0.5)
+    replica.sql("START SLAVE SQL_THREAD")
+    primary.wait_caught_up(replica)
+    assert replica.sql("SELECT sum(v) FROM t", database="app") == "11"
+
+    primary.kill9()
+    replica.promote()
+    assert not replica.is_replica()
+    result = mariadb_over_tcp(replica, late_user, "late-pw", "INSERT INTO t VALUES (2)", database="app")
+    assert result.returncode == 0, result.stderr
+    assert replica.sql("SELECT sum(v) FROM t", database="app") == "13"
+    replica.restart()  # a promoted replica stays writable
+    assert not replica.is_replica()
+
+
+def test_concurrent_mariadb_starts_get_distinct_ports() -> None:
+    servers: list[MariaDBServer] = []
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            servers.append(start_mariadb(max_connections=10))
+        except BaseException as exc:  # reported below; a thread must not swallow it
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures
+        assert len({server.port for server in servers}) == 3
+        assert [server.sql("SELECT 1") for server in servers] == ["1", "1", "1"]
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_mariadb_start_retries_when_the_port_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real_claim = rdsproxy.testing._claim_free_port
+    offered = iter([taken])
+    monkeypatch.setattr(rdsproxy.testing, "_claim_free_port", lambda: next(offered, None) or real_claim())
+    try:
+        with start_mariadb(max_connections=10) as server:
+            assert server.port != taken
+            assert server.sql("SELECT 1") == "1"
+            assert "Address already in use" in Path(server.log_path).read_text()
+    finally:
+        squatter.close()
+
+
+def test_mariadb_stop_deletes_the_directory_unless_kept() -> None:
+    server = start_mariadb(max_connections=10)
+    server.stop(keep_data=True)
+    assert not server.running and os.path.isdir(server.data_dir)
+    server.restart()
+    assert server.sql("SELECT 1") == "1"
+    with server:
+        pass
+    assert not server.running and not os.path.exists(server.socket_dir)
+
+
+def test_mariadb_missing_binaries_say_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = record_temp_dirs(monkeypatch)
+    with pytest.raises(RuntimeError) as by_argument:
+        start_mariadb(bindir=str(tmp_path))
+    monkeypatch.setenv(MARIADB_BINDIR_ENV, str(tmp_path))
+    with pytest.raises(RuntimeError) as by_environment:
+        start_mariadb()
+    for caught in (by_argument, by_environment):
+        message = str(caught.value)
+        assert message.startswith("MariaDB programs not found: mariadbd, mariadb-install-db, mariadb"), message
+        assert str(tmp_path) in message
+        assert "apt-get install mariadb-server" in message
+        assert MARIADB_BINDIR_ENV in message
+    assert "my." not in made
+
+
+def test_mariadb_reserved_settings_and_minimum_connections_are_refused() -> None:
+    with pytest.raises(ValueError, match="settings may not override max-connections, port"):
+        start_mariadb(settings={"port": "3306", "max_connections": "5"})
+    with pytest.raises(ValueError, match="at least 10"):
+        start_mariadb(max_connections=9)
+
+
+def test_proxy_config_for_mariadb(mariadb: MariaDBServer) -> None:
+    config = proxy_config_for(mariadb, connection_borrow_timeout=3)
+    assert config.proxy.engine_family == "MYSQL"
+    assert [endpoint.listen for endpoint in config.endpoints] == ["127.0.0.1:0"]
+    assert config.target_group.targets == [mariadb.address()]
+    assert config.target_group.database == mariadb.app_database
+    assert config.target_group.connection_borrow_timeout == 3.0
+    app = config.user(mariadb.app_user)
+    assert app is not None
+    assert app.client_password_auth_type == "MYSQL_NATIVE_PASSWORD"
+    assert app.resolve_password() == mariadb.app_password
