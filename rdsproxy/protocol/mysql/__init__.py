@@ -1,0 +1,1 @@
+"""Sans-IO pieces of the MySQL/MariaDB wire protocol: packets and authentication."""
