@@ -24,6 +24,10 @@ def _make_engine(config: ProxyConfig, metrics: Metrics) -> Any:
         from .pg.engine import PgEngine
 
         return PgEngine(config, metrics)
+    if config.proxy.engine_family == "MYSQL":
+        from .mysql.engine import MyEngine
+
+        return MyEngine(config, metrics)
     raise NotImplementedError(f"engine_family {config.proxy.engine_family!r} is not available yet")
 
 

@@ -7,7 +7,20 @@ import subprocess
 import sys
 
 import pytest
-from codec_impls import load_implementation, pg_message, startup_packet
+from codec_impls import (
+    chunks,
+    column_definition,
+    eof_packet,
+    err_packet,
+    lenenc_int,
+    load_implementation,
+    my_packet,
+    ok_packet,
+    pg_message,
+    response_scripts,
+    startup_packet,
+    text_row,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +76,7 @@ def test_tokenize_parity(twins, sql, options):
 
 def test_public_api_is_the_same(twins):
     compiled, pure = twins
-    for module in ("pgframe", "classify"):
+    for module in ("pgframe", "classify", "myframe"):
         compiled_module, pure_module = getattr(compiled, module), getattr(pure, module)
         assert compiled_module.__all__ == pure_module.__all__
         for name in compiled_module.__all__:
@@ -161,3 +174,155 @@ def test_selector_honours_environment_variable(value, compiled):
         f"rdsproxy._codec.pgframe{suffix}",
         f"rdsproxy._codec.classify{suffix}",
     ]
+
+
+# ---------------------------------------------------------------------------------------------- MySQL
+MYSQL_WORDS = """
+    SET SESSION LOCAL GLOBAL PERSIST @@global. @@session. @@ @ @@local. NAMES CHARACTER CHARSET TRANSACTION ROLE
+    PASSWORD DEFAULT STATEMENT FOR LOCK UNLOCK TABLES TABLE INSTANCE BACKUP STAGE FLUSH WITH READ EXPORT INTO
+    CREATE OR REPLACE TEMPORARY SEQUENCE PREPARE EXECUTE DEALLOCATE DROP USE KILL QUERY SQL_CALC_FOUND_ROWS
+    GET_LOCK RELEASE_LOCK LAST_INSERT_ID ROW_COUNT FOUND_ROWS SELECT autocommit sql_mode time_zone tx_isolation
+    transaction_read_only foreign_key_checks `autocommit` `x` a.b x é
+""".split()
+MYSQL_PUNCTUATION = [
+    "\n",
+    "\r",
+    *"""( ) ; . , = := : @ ' '' 'x' \\' \\ " "" `` ` -- - # /* */ /*! /*!40101 /*M! /*M!100301 */ 1 $""".split(),
+    "-- ",
+]
+mysql_fragments = st.lists(
+    st.one_of(st.sampled_from(MYSQL_WORDS), st.sampled_from(MYSQL_PUNCTUATION)), max_size=40
+).flatmap(
+    lambda parts: st.lists(st.sampled_from(["", " "]), min_size=len(parts), max_size=len(parts)).map(
+        lambda seps: "".join(part + sep for part, sep in zip(parts, seps)).encode("utf-8")
+    )
+)
+mysql_inputs = st.one_of(st.binary(max_size=300), mysql_fragments, lexer_soup)
+
+
+@PARITY
+@given(sql=mysql_inputs, options=st.sampled_from([0x1F8, 0x1E8, 0x1D8, 0x1C8, 0xF8]))
+def test_classify_mysql_parity(twins, sql, options):
+    compiled, pure = twins
+    assert compiled.classify_mysql(sql, options) == pure.classify_mysql(sql, options)
+
+
+@PARITY
+@given(sql=mysql_inputs, options=st.integers(min_value=0, max_value=511))
+def test_tokenize_parity_with_executable_comments(twins, sql, options):
+    compiled, pure = twins
+    assert compiled.classify.tokenize(sql, options) == pure.classify.tokenize(sql, options)
+
+
+def mysql_client_stream():
+    packets = st.builds(my_packet, st.binary(max_size=40), st.integers(min_value=0, max_value=255))
+    # a physical header announcing a continued packet, with a few payload bytes after it
+    continued = st.builds(
+        lambda seq, tail: b"\xff\xff\xff" + bytes([seq]) + tail, st.integers(0, 255), st.binary(max_size=8)
+    )
+    return st.lists(st.one_of(packets, packets, continued, st.binary(max_size=12)), max_size=12).map(b"".join)
+
+
+@PARITY
+@given(
+    stream=mysql_client_stream(),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20),
+    limit=st.sampled_from([0, 16, 64, 64 * 1024 * 1024]),
+)
+def test_my_client_framer_parity(twins, stream, cuts, limit):
+    compiled, pure = twins
+    framers = [compiled.MyClientFramer(limit), pure.MyClientFramer(limit)]
+    for piece in chunks(stream, cuts):
+        results = [outcome(lambda framer=framer, piece=piece: framer.feed(piece)) for framer in framers]
+        assert results[0] == results[1]
+        assert framers[0].pending == framers[1].pending
+        if results[0][0] == "error":
+            break
+
+
+@PARITY
+@given(data=st.binary(max_size=60), start=st.integers(-2, 62), end=st.integers(-2, 62))
+def test_packet_payload_parity(twins, data, start, end):
+    compiled, pure = twins
+    results = []
+    for codec_set in twins:
+        try:
+            results.append(("ok", codec_set.myframe.packet_payload(data, start, end)))
+        except ValueError as exc:
+            results.append(("error", str(exc)))
+    assert results[0] == results[1]
+
+
+@PARITY
+@given(script=response_scripts(st), cuts=st.lists(st.integers(min_value=1, max_value=3000), max_size=12))
+def test_my_response_scanner_parity_on_valid_streams(twins, script, cuts):
+    deprecate, commands, stream, _ = script
+    compiled, pure = twins
+    scanners = [compiled.MyResponseScanner(deprecate), pure.MyResponseScanner(deprecate)]
+    for scanner in scanners:
+        for command, cursor in commands:
+            scanner.expect(command, cursor=cursor)
+    for piece in chunks(stream, cuts):
+        assert scanners[0].feed(piece) == scanners[1].feed(piece)
+        assert_same_scanner_state(scanners)
+
+
+def assert_same_scanner_state(scanners) -> None:
+    for name in ("at_boundary", "idle", "outstanding", "last_status", "last_affected_rows", "last_insert_id"):
+        assert getattr(scanners[0], name) == getattr(scanners[1], name), name
+
+
+server_payloads = st.one_of(
+    st.builds(ok_packet, st.integers(0, 0xFFFF), st.integers(0, (1 << 64) - 1), st.integers(0, 1 << 30)),
+    st.builds(eof_packet, st.integers(0, 0xFFFF)),
+    st.builds(err_packet),
+    st.builds(lenenc_int, st.integers(1, 70000)),
+    st.builds(column_definition, st.binary(max_size=5)),
+    st.builds(text_row, st.binary(max_size=20), st.none()),
+    st.sampled_from(
+        [
+            b"\x02\x00",
+            b"\x01\x01",
+            b"\xfbfile",
+            b"\xfe",
+            b"\xff\xff\xff\x01",
+            b"\x00\x01\x00\x00\x00\x01\x00\x02\x00\x00\x00\x00",
+        ]
+    ),
+    st.binary(max_size=30),
+)
+
+
+@PARITY
+@given(
+    deprecate=st.booleans(),
+    cache=st.booleans(),
+    commands=st.lists(st.sampled_from([0x03, 0x04, 0x09, 0x0E, 0x16, 0x17, 0x1C, 0x17]), min_size=1, max_size=4),
+    cursor=st.booleans(),
+    payloads=st.lists(server_payloads, max_size=14),
+    cuts=st.lists(st.integers(min_value=1, max_value=600), max_size=8),
+)
+def test_my_response_scanner_parity_on_arbitrary_packets(twins, deprecate, cache, commands, cursor, payloads, cuts):
+    compiled, pure = twins
+    scanners = [compiled.MyResponseScanner(deprecate, cache), pure.MyResponseScanner(deprecate, cache)]
+    for scanner in scanners:
+        for command in commands:
+            scanner.expect(command, cursor=cursor and command == 0x17)
+    stream = b"".join(my_packet(payload, seq) for seq, payload in enumerate(payloads))
+    for piece in chunks(stream, cuts):
+        results = [outcome(lambda scanner=scanner, piece=piece: scanner.feed(piece)) for scanner in scanners]
+        assert results[0] == results[1]
+        if results[0][0] == "error":
+            break
+        assert_same_scanner_state(scanners)
+
+
+def test_selector_exports_the_mysql_codecs():
+    active = codec.IMPLEMENTATIONS["pure" if codec.extensions_disabled() else "compiled"]
+    assert codec.MyClientFramer is active.MyClientFramer is active.myframe.MyClientFramer
+    assert codec.MyResponseScanner is active.MyResponseScanner
+    assert codec.classify_mysql is active.classify_mysql
+    assert codec.packet_payload is active.myframe.packet_payload
+    assert codec.parse_kill(b"KILL 1") == ("CONNECTION", 1)
+    if not codec.extensions_disabled():
+        assert active.myframe.__file__.endswith((".so", ".pyd"))

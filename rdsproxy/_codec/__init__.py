@@ -13,6 +13,7 @@ class CodecSet(NamedTuple):
     name: str
     pgframe: ModuleType
     classify: ModuleType
+    myframe: ModuleType
 
     @property
     def ClientFramer(self) -> type:
@@ -26,6 +27,18 @@ class CodecSet(NamedTuple):
     def classify_pg(self) -> Callable[[bytes], int]:
         return self.classify.classify_pg
 
+    @property
+    def MyClientFramer(self) -> type:
+        return self.myframe.MyClientFramer
+
+    @property
+    def MyResponseScanner(self) -> type:
+        return self.myframe.MyResponseScanner
+
+    @property
+    def classify_mysql(self) -> Callable[..., int]:
+        return self.classify.classify_mysql
+
 
 def extensions_disabled() -> bool:
     """True when RDSPROXY_NO_EXTENSIONS asks for the pure-Python twins (set, non-empty and not "0")."""
@@ -35,16 +48,16 @@ def extensions_disabled() -> bool:
 
 def _load_compiled() -> CodecSet | None:
     try:
-        from . import classify_c, pgframe_c
+        from . import classify_c, myframe_c, pgframe_c
     except ImportError:
         return None
-    return CodecSet("compiled", pgframe_c, classify_c)
+    return CodecSet("compiled", pgframe_c, classify_c, myframe_c)
 
 
 def _load_pure() -> CodecSet:
-    from . import classify_py, pgframe_py
+    from . import classify_py, myframe_py, pgframe_py
 
-    return CodecSet("pure", pgframe_py, classify_py)
+    return CodecSet("pure", pgframe_py, classify_py, myframe_py)
 
 
 IMPLEMENTATIONS: dict[str, CodecSet] = {"pure": _load_pure()}
@@ -59,5 +72,27 @@ del _compiled
 ClientFramer = ACTIVE.pgframe.ClientFramer
 ServerScanner = ACTIVE.pgframe.ServerScanner
 classify_pg = ACTIVE.classify.classify_pg
+MyClientFramer = ACTIVE.myframe.MyClientFramer
+MyResponseScanner = ACTIVE.myframe.MyResponseScanner
+packet_payload = ACTIVE.myframe.packet_payload
+classify_mysql = ACTIVE.classify.classify_mysql
+mysql_session_function_items = ACTIVE.classify.mysql_session_function_items
+mysql_select_of_session_functions = ACTIVE.classify.mysql_select_of_session_functions
+parse_kill = ACTIVE.classify.parse_kill
 
-__all__ = ["ACTIVE", "COMPILED", "IMPLEMENTATIONS", "ClientFramer", "CodecSet", "ServerScanner", "classify_pg"]
+__all__ = [
+    "ACTIVE",
+    "COMPILED",
+    "IMPLEMENTATIONS",
+    "ClientFramer",
+    "CodecSet",
+    "MyClientFramer",
+    "MyResponseScanner",
+    "ServerScanner",
+    "classify_mysql",
+    "classify_pg",
+    "mysql_select_of_session_functions",
+    "mysql_session_function_items",
+    "packet_payload",
+    "parse_kill",
+]

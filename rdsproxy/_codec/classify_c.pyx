@@ -2,15 +2,19 @@
 """SQL statement classifier compiled with Cython: the fast twin of classify_py with the same API and behaviour.
 
 The lexer is shared by every dialect and configured with LEX_* option bits; each dialect then has its own
-classifier that walks the token stream statement by statement (classify_pg now, classify_mysql later).
+classifier that walks the token stream statement by statement (classify_pg, classify_mysql).
 Tokens are C structs and words small ints: nothing is allocated per token.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
+# Rare statement-level helpers: plain Python shared with the pure twin.
+from .classify_py import mysql_lex_options, mysql_select_of_session_functions, mysql_session_function_items, parse_kill
+
 __all__ = [
     "DOT",
+    "EXEC_COMMENT",
     "FLAGS",
     "IDENT",
     "LEX_BACKSLASH_STRINGS",
@@ -18,18 +22,26 @@ __all__ = [
     "LEX_DASH_COMMENT_NEEDS_SPACE",
     "LEX_DOLLAR_QUOTES",
     "LEX_DQUOTE_STRINGS",
+    "LEX_EXECUTABLE_COMMENTS",
     "LEX_E_STRINGS",
     "LEX_HASH_COMMENTS",
     "LEX_NESTED_COMMENTS",
     "LPAREN",
     "MYSQL_LEX_OPTIONS",
+    "MYSQL_TRACKED_VARIABLES",
+    "MY_FLAGS",
     "OTHER",
     "PG_LEX_OPTIONS",
     "PG_TRACKED_PARAMETERS",
     "QIDENT",
     "RPAREN",
     "SEMI",
+    "classify_mysql",
     "classify_pg",
+    "mysql_lex_options",
+    "mysql_select_of_session_functions",
+    "mysql_session_function_items",
+    "parse_kill",
     "tokenize",
 ]
 
@@ -44,6 +56,20 @@ cdef enum:
     F_PIN_LOAD = 1 << 6
     F_PIN_ADVISORY_LOCK = 1 << 7
     F_PIN_DISCARD = 1 << 8
+    F_MY_PIN_LOCK_TABLES = 1 << 16
+    F_MY_PIN_READ_LOCK = 1 << 17
+    F_MY_PIN_GET_LOCK = 1 << 18
+    F_MY_PIN_USER_VARIABLE = 1 << 19
+    F_MY_PIN_SET = 1 << 20
+    F_MY_PIN_TEMP = 1 << 21
+    F_MY_PIN_PREPARE = 1 << 22
+    F_MY_PIN_EXECUTABLE_COMMENT = 1 << 23
+    F_MY_PIN_CALC_FOUND_ROWS = 1 << 24
+    F_MY_SET_TRACKED = 1 << 25
+    F_MY_USE = 1 << 26
+    F_MY_READS_LAST_INSERT_ID = 1 << 27
+    F_MY_READS_ROW_COUNT = 1 << 28
+    F_MY_KILL = 1 << 29
 
 FLAGS = {
     "PIN_SET": F_PIN_SET,
@@ -56,9 +82,27 @@ FLAGS = {
     "PIN_ADVISORY_LOCK": F_PIN_ADVISORY_LOCK,
     "PIN_DISCARD": F_PIN_DISCARD,
 }
+MY_FLAGS = {
+    "MY_PIN_LOCK_TABLES": F_MY_PIN_LOCK_TABLES,
+    "MY_PIN_READ_LOCK": F_MY_PIN_READ_LOCK,
+    "MY_PIN_GET_LOCK": F_MY_PIN_GET_LOCK,
+    "MY_PIN_USER_VARIABLE": F_MY_PIN_USER_VARIABLE,
+    "MY_PIN_SET": F_MY_PIN_SET,
+    "MY_PIN_TEMP": F_MY_PIN_TEMP,
+    "MY_PIN_PREPARE": F_MY_PIN_PREPARE,
+    "MY_PIN_EXECUTABLE_COMMENT": F_MY_PIN_EXECUTABLE_COMMENT,
+    "MY_PIN_CALC_FOUND_ROWS": F_MY_PIN_CALC_FOUND_ROWS,
+    "MY_SET_TRACKED": F_MY_SET_TRACKED,
+    "MY_USE": F_MY_USE,
+    "MY_READS_LAST_INSERT_ID": F_MY_READS_LAST_INSERT_ID,
+    "MY_READS_ROW_COUNT": F_MY_READS_ROW_COUNT,
+    "MY_KILL": F_MY_KILL,
+}
 
 # ---------------------------------------------------------------------------------------------- lexer
 # Token kinds. For QIDENT the token span is the text between the quotes (doubled quotes left as they are).
+# EXEC_COMMENT is the opener of a MySQL executable comment (/*!, /*!50001, /*M!, /*M!100301): the comment's
+# content follows as ordinary tokens and its closing */ is skipped.
 cdef enum:
     TK_EOF = 0
     TK_IDENT = 1
@@ -68,6 +112,7 @@ cdef enum:
     TK_SEMI = 5
     TK_DOT = 6
     TK_OTHER = 7
+    TK_EXEC_COMMENT = 8
 
 IDENT = TK_IDENT
 QIDENT = TK_QIDENT
@@ -76,6 +121,7 @@ RPAREN = TK_RPAREN
 SEMI = TK_SEMI
 DOT = TK_DOT
 OTHER = TK_OTHER
+EXEC_COMMENT = TK_EXEC_COMMENT
 
 # Lexer options: the dialect differences the lexer knows about.
 cdef enum:
@@ -87,9 +133,10 @@ cdef enum:
     OPT_DQUOTE_STRINGS = 1 << 5  # "..." is a string, not an identifier (MySQL without ANSI_QUOTES)
     OPT_BACKTICK_IDENTS = 1 << 6  # `...` quoted identifiers (MySQL)
     OPT_DASH_COMMENT_NEEDS_SPACE = 1 << 7  # '--' starts a comment only before a space or control char (MySQL)
+    OPT_EXECUTABLE_COMMENTS = 1 << 8  # /*! ... */ and /*M! ... */ hold code, not a comment (MySQL, MariaDB)
     OPT_PG = OPT_NESTED_COMMENTS | OPT_DOLLAR_QUOTES | OPT_E_STRINGS
     OPT_MYSQL = (OPT_HASH_COMMENTS | OPT_BACKSLASH_STRINGS | OPT_DQUOTE_STRINGS | OPT_BACKTICK_IDENTS
-                 | OPT_DASH_COMMENT_NEEDS_SPACE)
+                 | OPT_DASH_COMMENT_NEEDS_SPACE | OPT_EXECUTABLE_COMMENTS)
 
 LEX_NESTED_COMMENTS = OPT_NESTED_COMMENTS
 LEX_DOLLAR_QUOTES = OPT_DOLLAR_QUOTES
@@ -99,6 +146,7 @@ LEX_BACKSLASH_STRINGS = OPT_BACKSLASH_STRINGS
 LEX_DQUOTE_STRINGS = OPT_DQUOTE_STRINGS
 LEX_BACKTICK_IDENTS = OPT_BACKTICK_IDENTS
 LEX_DASH_COMMENT_NEEDS_SPACE = OPT_DASH_COMMENT_NEEDS_SPACE
+LEX_EXECUTABLE_COMMENTS = OPT_EXECUTABLE_COMMENTS
 PG_LEX_OPTIONS = OPT_PG
 MYSQL_LEX_OPTIONS = OPT_MYSQL
 
@@ -133,6 +181,15 @@ cdef struct Lexer:
     Py_ssize_t n
     Py_ssize_t pos
     int options
+    bint in_executable_comment
+
+
+cdef inline void lexer_start(Lexer* lx, bytes data, int options) noexcept:
+    lx.s = <const unsigned char*>PyBytes_AS_STRING(data)
+    lx.n = PyBytes_GET_SIZE(data)
+    lx.pos = 0
+    lx.options = options
+    lx.in_executable_comment = False
 
 
 cdef struct Token:
@@ -211,6 +268,10 @@ cdef bint lex_next(Lexer* lx, Token* tok) noexcept nogil:
             i += 1
             continue
         following = s[i + 1] if i + 1 < n else -1
+        if lx.in_executable_comment and c == b"*" and following == b"/":  # */ closing /*! ... */
+            lx.in_executable_comment = False
+            i += 2
+            continue
         if (c == b"-" and following == b"-") or (c == b"#" and options & OPT_HASH_COMMENTS):
             if c == b"-" and options & OPT_DASH_COMMENT_NEEDS_SPACE and not (i + 2 < n and s[i + 2] <= 0x20):
                 tok.kind = TK_OTHER
@@ -223,6 +284,20 @@ cdef bint lex_next(Lexer* lx, Token* tok) noexcept nogil:
                 i += 1
             continue
         if c == b"/" and following == b"*":
+            if options & OPT_EXECUTABLE_COMMENTS:
+                j = i + 2
+                if j < n and s[j] == b"M":
+                    j += 1
+                if j < n and s[j] == b"!":
+                    j += 1
+                    while j < n and CHAR_CLASS[s[j]] & CC_DIGIT:
+                        j += 1
+                    lx.in_executable_comment = True
+                    tok.kind = TK_EXEC_COMMENT
+                    tok.start = i
+                    tok.end = j
+                    lx.pos = j
+                    return True
             i = skip_block_comment(s, n, i + 2, options & OPT_NESTED_COMMENTS)
             continue
         tok.start = i
@@ -298,10 +373,7 @@ def tokenize(sql, int options=OPT_PG) -> list:
     cdef bytes data = as_bytes(sql)
     cdef Lexer lx
     cdef Token tok
-    lx.s = <const unsigned char*>PyBytes_AS_STRING(data)
-    lx.n = PyBytes_GET_SIZE(data)
-    lx.pos = 0
-    lx.options = options
+    lexer_start(&lx, data, options)
     cdef list tokens = []
     while lex_next(&lx, &tok):
         tokens.append((tok.kind, tok.start, tok.end))
@@ -729,10 +801,7 @@ def classify_pg(sql) -> int:
     cdef Token tok
     cdef PgStatement st
     cdef int flags = 0
-    lx.s = <const unsigned char*>PyBytes_AS_STRING(data)
-    lx.n = PyBytes_GET_SIZE(data)
-    lx.pos = 0
-    lx.options = OPT_PG
+    lexer_start(&lx, data, OPT_PG)
     pg_statement_start(&st)
     while lex_next(&lx, &tok):
         if tok.kind == TK_SEMI:
@@ -741,3 +810,553 @@ def classify_pg(sql) -> int:
         else:
             flags |= pg_statement_token(&st, tok.kind, pg_word(lx.s, &tok))
     return flags | pg_statement_finish(&st)
+
+
+# ---------------------------------------------------------------------------------------------- MySQL
+# Keywords match unquoted identifiers case-insensitively; variable names also match quoted ones, as MySQL looks
+# variables up case-insensitively.
+cdef enum:
+    M_OTHER = 0
+    M_SET
+    M_SESSION  # SESSION, LOCAL
+    M_GLOBAL  # GLOBAL, PERSIST, PERSIST_ONLY: not session state
+    M_NAMES
+    M_CHARACTER
+    M_CHARSET
+    M_TRANSACTION
+    M_ROLE
+    M_PASSWORD
+    M_DEFAULT
+    M_STATEMENT
+    M_FOR
+    M_LOCK
+    M_BACKUP
+    M_STAGE
+    M_FLUSH
+    M_READ
+    M_EXPORT
+    M_INTO
+    M_CREATE
+    M_OR
+    M_REPLACE
+    M_TEMPORARY
+    M_TABLE_OR_SEQUENCE
+    M_PREPARE
+    M_EXECUTE
+    M_DEALLOCATE
+    M_DROP
+    M_USE
+    M_KILL
+    M_SQL_CALC_FOUND_ROWS
+    M_GET_LOCK
+    M_LAST_INSERT_ID
+    M_ROW_COUNT  # ROW_COUNT, FOUND_ROWS
+    M_TRACKED_VARIABLE
+    M_TRANSACTION_VARIABLE  # tracked, but @@name without a scope sets only the next transaction (MySQL)
+    LONGEST_MY_WORD = 24  # auto_increment_increment, character_set_connection
+
+# Session variables the proxy tracks and replays instead of pinning (SET NAMES / CHARACTER SET are tracked too).
+MYSQL_TRACKED_VARIABLES = frozenset(
+    [
+        b"autocommit",
+        b"sql_mode",
+        b"time_zone",
+        b"character_set_client",
+        b"character_set_connection",
+        b"character_set_results",
+        b"collation_connection",
+        b"transaction_isolation",
+        b"tx_isolation",
+        b"transaction_read_only",
+        b"tx_read_only",
+        b"auto_increment_increment",
+        b"wait_timeout",
+        b"interactive_timeout",
+        b"net_write_timeout",
+        b"session_track_schema",
+        b"query_cache_type",
+    ]
+)
+
+
+cdef int lookup_my_word(const char* low, Py_ssize_t n) noexcept nogil:
+    """The word id of a lowercased identifier."""
+    if n == 2:
+        if memcmp(low, b"or", 2) == 0:
+            return M_OR
+    elif n == 3:
+        if memcmp(low, b"for", 3) == 0:
+            return M_FOR
+        if memcmp(low, b"set", 3) == 0:
+            return M_SET
+        if memcmp(low, b"use", 3) == 0:
+            return M_USE
+    elif n == 4:
+        if memcmp(low, b"drop", 4) == 0:
+            return M_DROP
+        if memcmp(low, b"into", 4) == 0:
+            return M_INTO
+        if memcmp(low, b"kill", 4) == 0:
+            return M_KILL
+        if memcmp(low, b"lock", 4) == 0:
+            return M_LOCK
+        if memcmp(low, b"read", 4) == 0:
+            return M_READ
+        if memcmp(low, b"role", 4) == 0:
+            return M_ROLE
+    elif n == 5:
+        if memcmp(low, b"flush", 5) == 0:
+            return M_FLUSH
+        if memcmp(low, b"local", 5) == 0:
+            return M_SESSION
+        if memcmp(low, b"names", 5) == 0:
+            return M_NAMES
+        if memcmp(low, b"stage", 5) == 0:
+            return M_STAGE
+        if memcmp(low, b"table", 5) == 0:
+            return M_TABLE_OR_SEQUENCE
+    elif n == 6:
+        if memcmp(low, b"backup", 6) == 0:
+            return M_BACKUP
+        if memcmp(low, b"create", 6) == 0:
+            return M_CREATE
+        if memcmp(low, b"export", 6) == 0:
+            return M_EXPORT
+        if memcmp(low, b"global", 6) == 0:
+            return M_GLOBAL
+    elif n == 7:
+        if memcmp(low, b"charset", 7) == 0:
+            return M_CHARSET
+        if memcmp(low, b"default", 7) == 0:
+            return M_DEFAULT
+        if memcmp(low, b"execute", 7) == 0:
+            return M_EXECUTE
+        if memcmp(low, b"persist", 7) == 0:
+            return M_GLOBAL
+        if memcmp(low, b"prepare", 7) == 0:
+            return M_PREPARE
+        if memcmp(low, b"replace", 7) == 0:
+            return M_REPLACE
+        if memcmp(low, b"session", 7) == 0:
+            return M_SESSION
+    elif n == 8:
+        if memcmp(low, b"get_lock", 8) == 0:
+            return M_GET_LOCK
+        if memcmp(low, b"password", 8) == 0:
+            return M_PASSWORD
+        if memcmp(low, b"sequence", 8) == 0:
+            return M_TABLE_OR_SEQUENCE
+        if memcmp(low, b"sql_mode", 8) == 0:
+            return M_TRACKED_VARIABLE
+    elif n == 9:
+        if memcmp(low, b"character", 9) == 0:
+            return M_CHARACTER
+        if memcmp(low, b"row_count", 9) == 0:
+            return M_ROW_COUNT
+        if memcmp(low, b"statement", 9) == 0:
+            return M_STATEMENT
+        if memcmp(low, b"temporary", 9) == 0:
+            return M_TEMPORARY
+        if memcmp(low, b"time_zone", 9) == 0:
+            return M_TRACKED_VARIABLE
+    elif n == 10:
+        if memcmp(low, b"autocommit", 10) == 0:
+            return M_TRACKED_VARIABLE
+        if memcmp(low, b"deallocate", 10) == 0:
+            return M_DEALLOCATE
+        if memcmp(low, b"found_rows", 10) == 0:
+            return M_ROW_COUNT
+    elif n == 11:
+        if memcmp(low, b"transaction", 11) == 0:
+            return M_TRANSACTION
+    elif n == 12:
+        if memcmp(low, b"persist_only", 12) == 0:
+            return M_GLOBAL
+        if memcmp(low, b"tx_isolation", 12) == 0:
+            return M_TRANSACTION_VARIABLE
+        if memcmp(low, b"tx_read_only", 12) == 0:
+            return M_TRANSACTION_VARIABLE
+        if memcmp(low, b"wait_timeout", 12) == 0:
+            return M_TRACKED_VARIABLE
+    elif n == 14:
+        if memcmp(low, b"last_insert_id", 14) == 0:
+            return M_LAST_INSERT_ID
+    elif n == 16:
+        if memcmp(low, b"query_cache_type", 16) == 0:
+            return M_TRACKED_VARIABLE
+    elif n == 17:
+        if memcmp(low, b"net_write_timeout", 17) == 0:
+            return M_TRACKED_VARIABLE
+    elif n == 19:
+        if memcmp(low, b"interactive_timeout", 19) == 0:
+            return M_TRACKED_VARIABLE
+        if memcmp(low, b"sql_calc_found_rows", 19) == 0:
+            return M_SQL_CALC_FOUND_ROWS
+    elif n == 20:
+        if memcmp(low, b"character_set_client", 20) == 0:
+            return M_TRACKED_VARIABLE
+        if memcmp(low, b"collation_connection", 20) == 0:
+            return M_TRACKED_VARIABLE
+        if memcmp(low, b"session_track_schema", 20) == 0:
+            return M_TRACKED_VARIABLE
+    elif n == 21:
+        if memcmp(low, b"character_set_results", 21) == 0:
+            return M_TRACKED_VARIABLE
+        if memcmp(low, b"transaction_isolation", 21) == 0:
+            return M_TRANSACTION_VARIABLE
+        if memcmp(low, b"transaction_read_only", 21) == 0:
+            return M_TRANSACTION_VARIABLE
+    elif n == 24:
+        if memcmp(low, b"auto_increment_increment", 24) == 0:
+            return M_TRACKED_VARIABLE
+        if memcmp(low, b"character_set_connection", 24) == 0:
+            return M_TRACKED_VARIABLE
+    return M_OTHER
+
+
+cdef inline int my_word(const unsigned char* s, Token* tok) noexcept nogil:
+    cdef Py_ssize_t n = tok.end - tok.start
+    cdef char low[LONGEST_MY_WORD]
+    cdef Py_ssize_t k
+    cdef unsigned char c
+    cdef int word
+    if (tok.kind != TK_IDENT and tok.kind != TK_QIDENT) or n < 2 or n > LONGEST_MY_WORD:
+        return M_OTHER
+    for k in range(n):
+        c = s[tok.start + k]
+        if ord("A") <= c <= ord("Z"):
+            c += 32
+        low[k] = <char>c
+    word = lookup_my_word(low, n)
+    if tok.kind == TK_IDENT or word == M_TRACKED_VARIABLE or word == M_TRANSACTION_VARIABLE:
+        return word
+    return M_OTHER
+
+
+# Where the leading keywords of a statement have brought it.
+cdef enum:
+    T_NONE = 0
+    T_CREATE
+    T_CREATE_OR
+    T_CREATE_REPLACE
+    T_CREATE_TEMPORARY
+    T_DROP
+    T_BACKUP
+
+# Where a SET statement stands within its current assignment.
+cdef enum:
+    A_NONE = 0  # not in a SET assignment list (or past the part that matters)
+    A_START  # the start of an assignment
+    A_SCOPE  # after GLOBAL / SESSION / LOCAL
+    A_AT  # after @ (a user variable follows)
+    A_ATAT  # after @@
+    A_ATAT_SCOPE  # after @@global / @@session / @@local: a '.' follows
+    A_ATAT_DOT  # after @@scope.
+    A_NAME  # after a variable name: a '.' would make it a structured name
+    A_CHARACTER  # after CHARACTER: SET follows
+    A_VALUE  # in the assigned value, until a ',' at depth 0
+    A_STATEMENT  # SET STATEMENT ... until FOR at depth 0
+
+# How much of a user variable assignment @name[.part] := has just been seen.
+cdef enum:
+    UV_NONE = 0
+    UV_NAME
+    UV_DOT
+    UV_COLON
+
+# Scope of the variable being assigned.
+cdef enum:
+    SCOPE_DEFAULT = 0
+    SCOPE_SESSION
+    SCOPE_GLOBAL
+    SCOPE_ATAT
+
+
+cdef struct MyStatement:
+    int first  # word of the statement's first identifier, -1 before it
+    int state
+    int assignment
+    bint first_assignment
+    bint global_by_default  # the latest GLOBAL / SESSION keyword of a SET, which later items inherit
+    int scope
+    int pending_scope  # @@global / @@session before its '.'
+    int name  # word of the variable name in A_NAME
+    Py_ssize_t depth  # parenthesis depth
+    int previous  # word of the previous token
+    int at  # 1 after a lone @, 2 after @@
+    int user_variable  # how much of @name := has just been seen
+    int call  # function word when the previous token opened its argument list
+    bint restart  # SET STATEMENT ... FOR: the statement proper starts after this token
+
+
+cdef inline void my_statement_start(MyStatement* st) noexcept nogil:
+    st.first = -1
+    st.state = T_NONE
+    st.assignment = A_NONE
+    st.first_assignment = True
+    st.global_by_default = False
+    st.scope = SCOPE_DEFAULT
+    st.pending_scope = SCOPE_DEFAULT
+    st.name = M_OTHER
+    st.depth = 0
+    st.previous = M_OTHER
+    st.at = 0
+    st.user_variable = UV_NONE
+    st.call = M_OTHER
+    st.restart = False
+
+
+cdef int my_statement_token(MyStatement* st, int kind, int word, int symbol) noexcept nogil:
+    cdef int flags = 0
+    cdef int previous = st.previous
+    cdef int call = st.call
+    cdef int at = st.at
+    cdef int user_variable = st.user_variable
+    st.call = M_OTHER
+    if kind == TK_LPAREN:
+        if previous == M_GET_LOCK:
+            flags |= F_MY_PIN_GET_LOCK
+        elif previous == M_LAST_INSERT_ID or previous == M_ROW_COUNT:
+            st.call = previous
+        st.depth += 1
+    elif kind == TK_RPAREN:
+        if call == M_LAST_INSERT_ID:
+            flags |= F_MY_READS_LAST_INSERT_ID
+        elif call == M_ROW_COUNT:
+            flags |= F_MY_READS_ROW_COUNT
+        if st.depth > 0:
+            st.depth -= 1
+    if word == M_SQL_CALC_FOUND_ROWS:
+        flags |= F_MY_PIN_CALC_FOUND_ROWS
+
+    # user variables: @name := ..., INTO @name
+    if symbol == b"@":
+        st.at = 2 if at == 1 else 1
+        if at == 0 and previous == M_INTO:
+            flags |= F_MY_PIN_USER_VARIABLE
+    else:
+        st.at = 0
+    if at == 1 and symbol != b"@":
+        st.user_variable = UV_NAME
+    elif user_variable == UV_NAME and kind == TK_DOT:
+        st.user_variable = UV_DOT
+    elif user_variable == UV_DOT and kind != TK_OTHER:
+        st.user_variable = UV_NAME
+    elif user_variable == UV_NAME and symbol == b":":
+        st.user_variable = UV_COLON
+    else:
+        if user_variable == UV_COLON and symbol == b"=":
+            flags |= F_MY_PIN_USER_VARIABLE
+        st.user_variable = UV_NONE
+
+    if st.first < 0:
+        if kind == TK_IDENT or kind == TK_QIDENT:
+            st.first = word
+            if word == M_LOCK:
+                flags |= F_MY_PIN_LOCK_TABLES
+            elif word == M_PREPARE or word == M_EXECUTE or word == M_DEALLOCATE:
+                flags |= F_MY_PIN_PREPARE
+            elif word == M_USE:
+                flags |= F_MY_USE
+            elif word == M_KILL:
+                flags |= F_MY_KILL
+            elif word == M_CREATE:
+                st.state = T_CREATE
+            elif word == M_DROP:
+                st.state = T_DROP
+            elif word == M_BACKUP:
+                st.state = T_BACKUP
+            elif word == M_SET:
+                st.assignment = A_START
+    elif st.assignment != A_NONE:
+        flags |= my_assign(st, kind, word, symbol)
+    elif st.state != T_NONE:
+        flags |= my_statement_advance(st, word)
+    elif st.first == M_FLUSH and ((word == M_LOCK and previous == M_READ) or (word == M_EXPORT and previous == M_FOR)):
+        flags |= F_MY_PIN_READ_LOCK
+    st.previous = word
+    return flags
+
+
+cdef int my_statement_advance(MyStatement* st, int word) noexcept nogil:
+    """Feeds the word after the statement's leading keywords; returns the flags it settles."""
+    cdef int state = st.state
+    st.state = T_NONE
+    if state == T_CREATE:
+        if word == M_OR:
+            st.state = T_CREATE_OR
+        elif word == M_TEMPORARY:
+            st.state = T_CREATE_TEMPORARY
+    elif state == T_CREATE_OR:
+        if word == M_REPLACE:
+            st.state = T_CREATE_REPLACE
+    elif state == T_CREATE_REPLACE:
+        if word == M_TEMPORARY:
+            st.state = T_CREATE_TEMPORARY
+    elif state == T_CREATE_TEMPORARY:
+        if word == M_TABLE_OR_SEQUENCE:
+            return F_MY_PIN_TEMP
+    elif state == T_DROP:
+        if word == M_PREPARE:
+            return F_MY_PIN_PREPARE
+    elif state == T_BACKUP:
+        if word == M_LOCK or word == M_STAGE:
+            return F_MY_PIN_LOCK_TABLES
+    return 0
+
+
+cdef int my_assign(MyStatement* st, int kind, int word, int symbol) noexcept nogil:
+    """Feeds a token of a SET statement's assignment list; returns the flags it settles."""
+    cdef int state = st.assignment
+    cdef bint is_name = kind == TK_IDENT or kind == TK_QIDENT
+    if state == A_START or state == A_SCOPE:
+        if kind == TK_IDENT:
+            if word == M_GLOBAL or word == M_SESSION:
+                if state == A_START:
+                    st.scope = SCOPE_GLOBAL if word == M_GLOBAL else SCOPE_SESSION
+                    st.global_by_default = word == M_GLOBAL
+                    st.assignment = A_SCOPE
+                    return 0
+            elif word == M_TRANSACTION and st.first_assignment:
+                st.assignment = A_NONE
+                if st.scope == SCOPE_DEFAULT:
+                    return F_MY_PIN_SET  # SET TRANSACTION: only the next transaction, on whatever backend
+                return F_MY_SET_TRACKED if st.scope == SCOPE_SESSION else 0
+            elif state == A_START and st.first_assignment:
+                if word == M_ROLE:
+                    st.assignment = A_NONE
+                    return F_MY_PIN_SET
+                if word == M_PASSWORD or word == M_DEFAULT:  # SET PASSWORD, SET DEFAULT ROLE: no session state
+                    st.assignment = A_NONE
+                    return 0
+                if word == M_STATEMENT:  # SET STATEMENT ... FOR: statement-scoped
+                    st.assignment = A_STATEMENT
+                    return 0
+            if word == M_NAMES or word == M_CHARSET:
+                st.assignment = A_VALUE
+                return F_MY_SET_TRACKED
+            if word == M_CHARACTER:
+                st.assignment = A_CHARACTER
+                return 0
+        if is_name:
+            st.name = word
+            st.assignment = A_NAME
+            return 0
+        if symbol == b"@" and state == A_START:
+            st.assignment = A_AT
+            return 0
+        return my_value(st, symbol)
+    if state == A_AT:
+        if symbol == b"@":
+            st.assignment = A_ATAT
+            return 0
+        st.assignment = A_VALUE
+        return F_MY_PIN_USER_VARIABLE
+    if state == A_ATAT:
+        if kind == TK_IDENT and (word == M_GLOBAL or word == M_SESSION):
+            st.pending_scope = SCOPE_GLOBAL if word == M_GLOBAL else SCOPE_SESSION
+            st.assignment = A_ATAT_SCOPE
+            return 0
+        if is_name:
+            st.scope = SCOPE_ATAT
+            st.name = word
+            st.assignment = A_NAME
+            return 0
+        return my_value(st, symbol)
+    if state == A_ATAT_SCOPE:
+        if kind == TK_DOT:
+            st.scope = st.pending_scope
+            st.assignment = A_ATAT_DOT
+            return 0
+        st.scope = SCOPE_ATAT  # @@session alone: a variable named like the scope
+        st.name = M_OTHER
+        return my_settle_name(st, False) | my_value(st, symbol)
+    if state == A_ATAT_DOT:
+        if is_name:
+            st.name = word
+            st.assignment = A_NAME
+            return 0
+        return my_value(st, symbol)
+    if state == A_NAME:
+        if kind == TK_DOT:
+            return my_settle_name(st, True)
+        return my_settle_name(st, False) | my_value(st, symbol)
+    if state == A_CHARACTER:
+        if word == M_SET:
+            st.assignment = A_VALUE
+            return F_MY_SET_TRACKED
+        st.name = M_OTHER
+        return my_settle_name(st, False) | my_value(st, symbol)
+    if state == A_STATEMENT:
+        if word == M_FOR and st.depth == 0:
+            st.restart = True
+        return 0
+    return my_value(st, symbol)  # A_VALUE
+
+
+cdef inline int my_value(MyStatement* st, int symbol) noexcept nogil:
+    """A token of an assigned value: a ',' at depth 0 starts the next assignment."""
+    st.assignment = A_VALUE
+    if symbol == b"," and st.depth == 0:
+        st.assignment = A_START
+        st.first_assignment = False
+        st.scope = SCOPE_DEFAULT
+    return 0
+
+
+cdef int my_settle_name(MyStatement* st, bint structured) noexcept nogil:
+    """The flags of assigning the variable just named (structured: a dotted name such as cache.key_buffer_size)."""
+    cdef int scope = st.scope
+    st.assignment = A_VALUE
+    if scope == SCOPE_DEFAULT:
+        scope = SCOPE_GLOBAL if st.global_by_default else SCOPE_SESSION
+    if scope == SCOPE_GLOBAL:
+        return 0
+    if structured:
+        return F_MY_PIN_SET
+    if st.name == M_TRACKED_VARIABLE:
+        return F_MY_SET_TRACKED
+    if st.name == M_TRANSACTION_VARIABLE:
+        return F_MY_PIN_SET if scope == SCOPE_ATAT else F_MY_SET_TRACKED
+    return F_MY_PIN_SET
+
+
+cdef int my_statement_finish(MyStatement* st) noexcept nogil:
+    """Flags settled by the end of the statement."""
+    cdef int assignment = st.assignment
+    if assignment == A_NAME or assignment == A_CHARACTER or assignment == A_ATAT_SCOPE:
+        if assignment != A_NAME:
+            st.name = M_OTHER
+        if assignment == A_ATAT_SCOPE:
+            st.scope = SCOPE_ATAT
+        return my_settle_name(st, False)
+    if assignment == A_AT:
+        return F_MY_PIN_USER_VARIABLE
+    return 0
+
+
+def classify_mysql(sql, int options=OPT_MYSQL) -> int:
+    """OR of the MY_* flags (see flags.py) of every statement in a MySQL / MariaDB query text.
+
+    `options` are the lexer options: clear LEX_BACKSLASH_STRINGS when sql_mode has NO_BACKSLASH_ESCAPES and
+    LEX_DQUOTE_STRINGS when it has ANSI_QUOTES (see mysql_lex_options)."""
+    cdef bytes data = as_bytes(sql)
+    cdef Lexer lx
+    cdef Token tok
+    cdef MyStatement st
+    cdef int flags = 0
+    cdef int symbol
+    lexer_start(&lx, data, options)
+    my_statement_start(&st)
+    while lex_next(&lx, &tok):
+        if tok.kind == TK_SEMI:
+            flags |= my_statement_finish(&st)
+            my_statement_start(&st)
+        elif tok.kind == TK_EXEC_COMMENT:
+            flags |= F_MY_PIN_EXECUTABLE_COMMENT
+        else:
+            symbol = lx.s[tok.start] if tok.kind == TK_OTHER and tok.end - tok.start == 1 else 0
+            flags |= my_statement_token(&st, tok.kind, my_word(lx.s, &tok), symbol)
+            if st.restart:
+                my_statement_start(&st)
+    return flags | my_statement_finish(&st)

@@ -1,0 +1,1 @@
+"""MySQL/MariaDB engine adapters: client sessions, backend connections and their wiring."""

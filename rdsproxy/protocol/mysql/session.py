@@ -1,0 +1,315 @@
+"""Sans-IO bookkeeping of one MySQL client session: commands in flight, pinning, tracked session state."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+from ..._codec import classify_mysql, mysql_session_function_items, parse_kill
+from ..._codec.flags import (
+    MY_KILL,
+    MY_PIN_MASK,
+    MY_PIN_REASON_CODES,
+    MY_PIN_SET,
+    MY_READS_LAST_INSERT_ID,
+    MY_READS_ROW_COUNT,
+    MY_SET_TRACKED,
+    MY_USE,
+)
+from . import packets as p
+
+# Statements longer than this pin the session (RDS Proxy's rule: the proxy will not inspect them).
+MAX_INSPECTED_STATEMENT = 16 * 1024
+
+# Session variables rdsproxy tracks and replays instead of pinning (RDS Proxy's list), read back from the server
+# after any statement that may change them. "database" is the current schema (USE / COM_INIT_DB / handshake).
+TRACKED_VARIABLES = (
+    "autocommit",
+    "sql_mode",
+    "time_zone",
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+    "tx_isolation",
+    "tx_read_only",
+    "auto_increment_increment",
+    "wait_timeout",
+    "interactive_timeout",
+    "net_write_timeout",
+    "session_track_schema",
+    "query_cache_type",
+)
+READ_STATE_SQL = ("SELECT DATABASE(), " + ", ".join(f"@@session.{name}" for name in TRACKED_VARIABLES)).encode()
+
+# Commands whose response the server does not send.
+NO_RESPONSE = frozenset((p.COM_STMT_CLOSE, p.COM_STMT_SEND_LONG_DATA))
+# Commands forwarded as they are (a response is expected).
+FORWARDED = frozenset(
+    (
+        p.COM_QUERY,
+        p.COM_INIT_DB,
+        p.COM_FIELD_LIST,
+        p.COM_STATISTICS,
+        p.COM_STMT_PREPARE,
+        p.COM_STMT_EXECUTE,
+        p.COM_STMT_RESET,
+        p.COM_STMT_FETCH,
+        p.COM_SET_OPTION,
+        p.COM_DEBUG,
+    )
+)
+# Commands whose use ties the client to its backend.
+PINNING_COMMANDS = {
+    p.COM_STMT_PREPARE: "prepared_statement",
+    p.COM_SET_OPTION: "set_option",
+}
+
+# Action kinds returned by MySession.command
+FORWARD, REPLY, QUIT, KILL, CHANGE_USER, RESET_CONNECTION, REJECT = range(7)
+
+REASON_TOO_LONG = "statement_too_long"
+
+SERVER_STATUS_IN_TRANS = 0x0001
+SERVER_STATUS_AUTOCOMMIT = 0x0002
+SERVER_MORE_RESULTS_EXISTS = 0x0008
+SERVER_STATUS_CURSOR_EXISTS = 0x0040
+_HOLDING_STATUS = SERVER_STATUS_IN_TRANS | SERVER_MORE_RESULTS_EXISTS | SERVER_STATUS_CURSOR_EXISTS
+
+
+def statement_digest(sql: bytes) -> str:
+    """A short stable name for a statement in logs and metrics, without its text."""
+    return hashlib.sha1(sql).hexdigest()[:12]
+
+
+def sql_value(value: Optional[str]) -> str:
+    """A value for SET: numbers bare (integer variables refuse quoted ones), NULL, else a quoted string."""
+    if value is None:
+        return "NULL"
+    if value.isdigit():
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def quote_identifier(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def sync_sql(wanted: dict[str, Optional[str]], applied: dict[str, Optional[str]]) -> Optional[bytes]:
+    """Statements that turn a backend's tracked state `applied` into `wanted`; None when they already agree."""
+    sets = [
+        f"@@session.{name} = {sql_value(wanted[name])}"
+        for name in TRACKED_VARIABLES
+        if name in wanted and wanted[name] != applied.get(name)
+    ]
+    parts = []
+    database = wanted.get("database")
+    if database is not None and database != applied.get("database"):
+        parts.append(f"USE {quote_identifier(database)}")
+    if sets:
+        parts.append("SET " + ", ".join(sets))
+    return "; ".join(parts).encode() if parts else None
+
+
+class Action:
+    """What the adapter must do with one client command."""
+
+    __slots__ = ("kind", "data", "expect", "cursor", "new_pins", "argument")
+
+    def __init__(self, kind: int, data: bytes = b"", expect: int = -1) -> None:
+        self.kind = kind
+        self.cursor = False  # COM_STMT_EXECUTE that opens a cursor: its response ends after the metadata
+        self.data = data  # bytes to forward (FORWARD) or to send to the client (REPLY)
+        self.expect = expect  # command whose response the backend will send (-1: none)
+        self.new_pins: list[tuple[str, str]] = []
+        self.argument: object = None  # KILL: (scope, id); CHANGE_USER: the parsed packet
+
+
+class MySession:
+    """Command accounting and session-state decisions for one MySQL client, fed with framed packets."""
+
+    __slots__ = (
+        "outstanding",
+        "status",
+        "infile",
+        "pinned",
+        "pin_reasons",
+        "wanted",
+        "refresh_needed",
+        "last_insert_id",
+        "row_count",
+        "reads_last_insert_id",
+        "exclude_variable_sets",
+        "deprecate_eof",
+        "failing",
+    )
+
+    def __init__(self, *, exclude_variable_sets: bool = False, deprecate_eof: bool = False) -> None:
+        self.outstanding = 0  # commands sent whose response is not complete yet
+        self.status = SERVER_STATUS_AUTOCOMMIT  # server status flags of the last complete response
+        self.infile = False  # the client is streaming a LOCAL INFILE file
+        self.pinned = False
+        self.pin_reasons: list[str] = []
+        self.wanted: dict[str, Optional[str]] = {}  # tracked variables (+ "database") this client expects
+        self.refresh_needed = False  # a statement in flight may change tracked state: read it back afterwards
+        self.last_insert_id = 0  # LAST_INSERT_ID() as this client's own statements left it
+        self.row_count = -1  # ROW_COUNT() after this client's last statement
+        self.reads_last_insert_id = False  # the command being forwarded calls LAST_INSERT_ID()
+        self.exclude_variable_sets = exclude_variable_sets
+        self.deprecate_eof = deprecate_eof
+        self.failing: Optional[tuple[int, str, str]] = None  # an ERR owed to the next command (lost transaction)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.status & SERVER_STATUS_IN_TRANS)
+
+    @property
+    def quiet(self) -> bool:
+        return self.outstanding == 0 and not self.infile and not self.status & _HOLDING_STATUS
+
+    @property
+    def releasable(self) -> bool:
+        return self.quiet and not self.pinned and not self.refresh_needed
+
+    @property
+    def autocommit(self) -> bool:
+        return self.wanted.get("autocommit", "1") != "0"
+
+    def ok_status(self) -> int:
+        """Status flags for an answer the proxy gives itself (no backend involved: never in a transaction)."""
+        return SERVER_STATUS_AUTOCOMMIT if self.autocommit else 0
+
+    # ------------------------------------------------------------------ client -> backend
+    def command(self, raw: bytes, payload: bytes, *, attached: bool) -> Action:
+        """Decide what to do with one complete client command (raw: its framed bytes; payload: reassembled)."""
+        if self.infile:
+            # LOCAL INFILE data: forwarded until the empty packet that ends the file
+            if not payload:
+                self.infile = False
+            return Action(FORWARD, raw)
+        if not payload:
+            return Action(REJECT, b"empty command packet")
+        command = payload[0]
+        if self.failing is not None and command != p.COM_QUIT:
+            code, sqlstate, message = self.failing
+            self.failing = None
+            return Action(REPLY, p.packet(1, p.err_packet(code, sqlstate, message)))
+        if command == p.COM_QUERY:
+            return self._query(raw, payload[1:], attached=attached)
+        if command == p.COM_QUIT:
+            return Action(QUIT)
+        if command == p.COM_PING and not attached:
+            return Action(REPLY, p.packet(1, p.ok_packet(status=self.ok_status())))
+        if command == p.COM_PING:
+            self.outstanding += 1
+            return Action(FORWARD, raw, command)
+        if command == p.COM_RESET_CONNECTION:
+            return Action(RESET_CONNECTION)
+        if command == p.COM_CHANGE_USER:
+            return Action(CHANGE_USER)
+        if command == p.COM_PROCESS_KILL:
+            if len(payload) < 5:
+                return Action(REJECT, b"malformed COM_PROCESS_KILL")
+            action = Action(KILL)
+            action.argument = ("CONNECTION", int.from_bytes(payload[1:5], "little"))
+            return action
+        if command in NO_RESPONSE:
+            if not self.pinned:
+                # no prepared statement can exist outside a pinned session: nothing to act on
+                return Action(REPLY, b"")
+            return Action(FORWARD, raw)
+        if command in FORWARDED:
+            action = Action(FORWARD, raw, command)
+            reason = PINNING_COMMANDS.get(command)
+            if reason is not None:
+                self._pin(reason, payload[1:], action)
+            if command == p.COM_INIT_DB:
+                self.refresh_needed = True
+            elif command == p.COM_STMT_EXECUTE:
+                action.cursor = len(payload) > 5 and payload[5] != 0
+            self.outstanding += 1
+            return action
+        return Action(REPLY, p.packet(1, p.err_packet(1047, "08S01", f"Unknown command 0x{command:02x}")))
+
+    def _query(self, raw: bytes, sql: bytes, *, attached: bool) -> Action:
+        action = Action(FORWARD, raw, p.COM_QUERY)
+        if len(sql) > MAX_INSPECTED_STATEMENT:
+            self._pin(REASON_TOO_LONG, sql, action)
+            self.outstanding += 1
+            return action
+        flags = classify_mysql(sql)
+        if flags & MY_KILL:
+            target = parse_kill(sql)
+            if target is not None:
+                kill = Action(KILL)
+                kill.argument = target
+                return kill
+        if flags & (MY_READS_LAST_INSERT_ID | MY_READS_ROW_COUNT) and not attached:
+            answer = self._answer_session_functions(sql)
+            if answer is not None:
+                return Action(REPLY, answer)
+        if flags & MY_PIN_MASK:
+            if self.exclude_variable_sets:
+                flags &= ~MY_PIN_SET
+            for bit, reason in MY_PIN_REASON_CODES.items():
+                if flags & bit:
+                    self._pin(reason, sql, action)
+        if flags & (MY_SET_TRACKED | MY_USE):
+            self.refresh_needed = True
+        self.reads_last_insert_id = bool(flags & MY_READS_LAST_INSERT_ID)
+        self.outstanding += 1
+        return action
+
+    def _answer_session_functions(self, sql: bytes) -> Optional[bytes]:
+        """`SELECT LAST_INSERT_ID()` / `SELECT ROW_COUNT()` answered from this client's own history.
+
+        Its last statement may have run on a backend another client has used since, so asking any backend would
+        answer for someone else's write.
+        """
+        items = mysql_session_function_items(sql)
+        if not items:
+            return None
+        columns = [name.decode("utf-8", "replace") for _, name in items]
+        values = [str(self.last_insert_id if flag == MY_READS_LAST_INSERT_ID else self.row_count) for flag, _ in items]
+        return p.text_resultset(columns, [values], deprecate_eof=self.deprecate_eof, status=self.ok_status())
+
+    def _pin(self, reason: str, sql: bytes, action: Action) -> None:
+        if reason in self.pin_reasons:
+            return
+        self.pinned = True
+        self.pin_reasons.append(reason)
+        action.new_pins.append((reason, statement_digest(sql)))
+
+    # ------------------------------------------------------------------ backend -> client
+    def response_done(self, status: int, error: bool) -> None:
+        self.outstanding -= 1
+        if status >= 0:
+            self.status = status
+
+    def record_ok(self, affected_rows: int, last_insert_id: int) -> None:
+        """Values from the final OK packet of a complete response (for LAST_INSERT_ID() / ROW_COUNT())."""
+        if last_insert_id:
+            self.last_insert_id = last_insert_id
+        self.row_count = affected_rows
+
+    def reset(self, database: Optional[str]) -> None:
+        """COM_RESET_CONNECTION / COM_CHANGE_USER: a fresh session (keeping the given current database)."""
+        self.pinned = False
+        self.pin_reasons = []
+        self.wanted = {"database": database} if database is not None else {}
+        self.status = SERVER_STATUS_AUTOCOMMIT
+        self.last_insert_id = 0
+        self.row_count = -1
+        self.refresh_needed = False
+
+    def fail_outstanding(self, code: int, sqlstate: str, message: str) -> bytes:
+        """An ERR for the command in flight (its backend is gone or never came); the client stays connected."""
+        reply = p.packet(1, p.err_packet(code, sqlstate, message)) if self.outstanding > 0 else b""
+        if self.outstanding == 0 and self.status & SERVER_STATUS_IN_TRANS:
+            self.failing = (code, sqlstate, message)  # the open transaction is gone: its next command hears it
+        self.outstanding = 0
+        self.infile = False
+        self.refresh_needed = False
+        self.status &= ~_HOLDING_STATUS
+        return reply
