@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .._codec import MyResponseScanner
 from .._codec.myframe_py import RESPONSE_DONE
-from ..backend import ATTACHED, CLOSED, CONNECTING, IDLE, INTERNAL, BackendConnection
+from ..backend import ATTACHED, CONNECTING, IDLE, INTERNAL, BackendConnection
 from ..errors import AuthenticationFailed, ProtocolViolation
 from ..pool import BackendUnavailable
 from ..protocol.mysql import packets as p
@@ -273,6 +273,3 @@ async def connect(
         backend.transport.abort()  # type: ignore[union-attr]
         raise BackendUnavailable(f"the database at {address} did not finish the handshake in {timeout:g} s") from None
     return backend
-
-
-__all__ = ["CLOSED", "MyBackend", "InternalQueryError", "connect", "split_packets", "parse_text_rows"]

@@ -40,7 +40,6 @@ from ..protocol.mysql.session import (
     RESET_CONNECTION,
     TRACKED_VARIABLES,
     MySession,
-    quote_identifier,
     sync_sql,
 )
 from .backend import WIRE_CAPABILITIES, InternalQueryError, MyBackend
@@ -292,7 +291,7 @@ class MyClient(ClientConnection):
         database = wanted.get("database")
         if database is not None and database != backend.applied.get("database"):
             plan.append((p.COM_INIT_DB, bytes([p.COM_INIT_DB]) + database.encode()))
-        sets = sync_sql({k: v for k, v in wanted.items() if k != "database"}, backend.applied)
+        sets = sync_sql(wanted, backend.applied)
         if sets is not None:
             plan.append((p.COM_QUERY, sets))
         if self.session.reads_last_insert_id and backend.last_insert_id != self.session.last_insert_id:
@@ -407,6 +406,3 @@ class MyClient(ClientConnection):
             self._send(seq, p.err_packet(code, sqlstate, message))
         finally:
             self.close()
-
-
-__all__ = ["MyClient", "PROXY_CAPABILITIES", "quote_identifier"]

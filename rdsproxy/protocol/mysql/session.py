@@ -91,24 +91,17 @@ def sql_value(value: Optional[str]) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def quote_identifier(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 def sync_sql(wanted: dict[str, Optional[str]], applied: dict[str, Optional[str]]) -> Optional[bytes]:
-    """Statements that turn a backend's tracked state `applied` into `wanted`; None when they already agree."""
+    """One SET that turns a backend's tracked variables `applied` into `wanted`; None when they agree.
+
+    The current database is not a variable: it is replayed with COM_INIT_DB.
+    """
     sets = [
         f"@@session.{name} = {sql_value(wanted[name])}"
         for name in TRACKED_VARIABLES
         if name in wanted and wanted[name] != applied.get(name)
     ]
-    parts = []
-    database = wanted.get("database")
-    if database is not None and database != applied.get("database"):
-        parts.append(f"USE {quote_identifier(database)}")
-    if sets:
-        parts.append("SET " + ", ".join(sets))
-    return "; ".join(parts).encode() if parts else None
+    return ("SET " + ", ".join(sets)).encode() if sets else None
 
 
 class Action:
