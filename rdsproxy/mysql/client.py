@@ -180,7 +180,7 @@ class MyClient(ClientConnection):
         password = self.engine.password_of(response.username) if self.engine.config.user(response.username) else None
         self._auth_user_known = password is not None
         self._auth = ClientAuthenticator(
-            password=password, method=self.engine.client_auth_plugin, scramble=self.scramble
+            password=password, method=self.engine.auth_plugin_for(response.username), scramble=self.scramble
         )
         self.state = AUTH
         self._auth_replies(seq, self._auth.start(response))

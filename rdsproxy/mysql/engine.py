@@ -49,8 +49,12 @@ class MyEngine(Engine):
 
     def apply_config(self, config: ProxyConfig) -> None:
         super().apply_config(config)
-        auth_type = config.auth[0].client_password_auth_type or "MYSQL_NATIVE_PASSWORD"
-        self.client_auth_plugin = CLIENT_AUTH_PLUGINS[auth_type]
+        # the greeting names one plugin before the user is known; others are reached by an auth switch
+        self.client_auth_plugin = self.auth_plugin_for(config.auth[0].username)
+
+    def auth_plugin_for(self, user: str) -> str:
+        auth = self.config.user(user) or self.config.auth[0]
+        return CLIENT_AUTH_PLUGINS[auth.client_password_auth_type or "MYSQL_NATIVE_PASSWORD"]
 
     def offered_capabilities(self, wanted: int) -> int:
         """Capabilities to offer clients: only what the servers also do, since their bytes are forwarded as-is."""
