@@ -125,6 +125,7 @@ class MyBackend(BackendConnection):
         self.client: Optional[MyClient] = None
         self.fatal_reason: Optional[str] = None
         self._payloads: list[bytes] = []
+        self._started: Optional[asyncio.Future] = None  # resolved when the handshake is over
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def data_received(self, data: bytes) -> None:
@@ -178,9 +179,14 @@ class MyBackend(BackendConnection):
         self._lost()
 
     # ------------------------------------------------------------------ startup
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # The server speaks first: the handshake may be over before start() runs, so its waiter exists now.
+        self._started = self._waiter = asyncio.get_running_loop().create_future()
+
     async def start(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        await self._waiter
+        assert self._started is not None, "start() before the connection was made"
+        await self._started
 
     def _startup_packet(self, seq: int, payload: bytes) -> None:
         if self.server_capabilities == 0:
