@@ -8,7 +8,7 @@ STAMP   = $(VENV)/.rdsproxy-installed
 .PHONY: demo test test-pure lint deps system-deps build clean
 
 demo: $(STAMP)
-	$(PY) -m rdsproxy demo
+	$(PY) -m rdsproxy demo --engine $(or $(ENGINE),postgres)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check rdsproxy tests benchmarks

@@ -1,4 +1,4 @@
-"""`rdsproxy demo`: the serverless storm, directly against a small PostgreSQL and then through rdsproxy."""
+"""`rdsproxy demo`: the serverless storm, directly against a small PostgreSQL or MariaDB and then through rdsproxy."""
 
 from __future__ import annotations
 
@@ -10,22 +10,33 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
 from . import Proxy
-from .testing import PostgresServer, proxy_config_for, start_postgres
+from .testing import (
+    MARIADB_MIN_CONNECTIONS,
+    MariaDBServer,
+    PostgresServer,
+    proxy_config_for,
+    start_mariadb,
+    start_postgres,
+)
 
 T = TypeVar("T")
 
 COUNTER_SLOTS = 100
-PIN_EVERY = 100  # one client in PIN_EVERY pins with SET, another with a session advisory lock
+PIN_EVERY = 100  # one client in PIN_EVERY pins by setting session state, another with a session lock
 SAMPLE_INTERVAL = 0.05
 BORROW_TIMEOUT = 30.0
 # A client stuck longer than this is counted as failed instead of hanging the demo.
 CLIENT_TIMEOUT = 45.0
 IDLE_WAIT = 15.0
+# MariaDB's accept queue (back_log = 50 + max_connections / 5) overflows in the direct storm, and a client whose
+# connection the kernel did not queue waits for the server's greeting until a SYN-ACK retry gets through (up to
+# ~30 s): a connect timeout, as serverless clients use, keeps those from stalling the demo for CLIENT_TIMEOUT.
+MARIADB_CONNECT_TIMEOUT = 10.0
 PINNED_STATEMENT_TIMEOUT = "5s"
 
 
@@ -47,17 +58,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="the throwaway server's max_connections (40)",
     )
     args = parser.parse_args(argv)
-    if args.engine == "mysql":
-        print("rdsproxy demo: --engine mysql is not available yet (PostgreSQL only for now)", file=sys.stderr)
-        return 2
-    if args.max_connections < 6:
-        parser.error("--max-connections must be at least 6 (PostgreSQL reserves 3 for superusers)")
+    engine_class = _MariaDB if args.engine == "mysql" else _Postgres
+    if args.max_connections < engine_class.min_max_connections:
+        parser.error(
+            f"--max-connections must be at least {engine_class.min_max_connections}"
+            f" ({engine_class.min_max_connections_reason})"
+        )
     try:
-        import asyncpg  # noqa: F401 - the storm's clients
+        engine = engine_class()
     except ImportError:
-        print("rdsproxy demo needs asyncpg: pip install asyncpg", file=sys.stderr)
+        print(
+            f"rdsproxy demo needs {engine_class.client_package}: pip install {engine_class.client_package}",
+            file=sys.stderr,
+        )
         return 1
-    return _run_event_loop(_postgres_demo(args.clients, args.concurrency, args.max_connections))
+    return _run_event_loop(_demo(engine, args.clients, args.concurrency, args.max_connections))
 
 
 def _positive_int(text: str) -> int:
@@ -120,6 +135,7 @@ class ConnectTo:
 
 
 async def _storm(
+    engine: _Engine,
     label: str,
     target: ConnectTo,
     clients: int,
@@ -127,8 +143,6 @@ async def _storm(
     sample: Callable[[StormResult], Awaitable[None]],
 ) -> StormResult:
     """`clients` short-lived clients, at most `concurrency` at once: connect, one transaction, disconnect."""
-    import asyncpg
-
     result = StormResult(label=label, clients=clients)
     gate = asyncio.Semaphore(concurrency)
     in_flight = 0
@@ -140,9 +154,9 @@ async def _storm(
             result.peak_clients = max(result.peak_clients, in_flight)
             started = time.perf_counter()
             try:
-                await asyncio.wait_for(_client_lifetime(asyncpg, target, client_id, result), CLIENT_TIMEOUT)
+                await asyncio.wait_for(_client_lifetime(engine, target, client_id, result), CLIENT_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 - every failure is counted, none ends the demo
-                result.errors[_describe_error(exc)] += 1
+                result.errors[engine.describe_error(exc)] += 1
             else:
                 result.succeeded += 1
                 result.latencies_ms.append((time.perf_counter() - started) * 1000.0)
@@ -156,7 +170,7 @@ async def _storm(
             try:
                 await sample(result)
             except Exception as exc:  # noqa: BLE001 - a failed sample must not end the demo
-                result.sampler_errors[_describe_error(exc)] += 1
+                result.sampler_errors[engine.describe_error(exc)] += 1
             try:
                 await asyncio.wait_for(stop_sampling.wait(), SAMPLE_INTERVAL)
             except asyncio.TimeoutError:
@@ -171,23 +185,157 @@ async def _storm(
     return result
 
 
-async def _client_lifetime(asyncpg: Any, target: ConnectTo, client_id: int, result: StormResult) -> None:
-    connection = await asyncpg.connect(
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        password=target.password,
-        database=target.database,
-        statement_cache_size=0,
-        timeout=CLIENT_TIMEOUT,
-        command_timeout=CLIENT_TIMEOUT,
-        ssl=False,
-    )
+async def _client_lifetime(engine: _Engine, target: ConnectTo, client_id: int, result: StormResult) -> None:
+    connection = await engine.connect(target)
     try:
-        pins_with_set = client_id % PIN_EVERY == 0
+        await engine.one_transaction(connection, client_id)
+        result.committed_ids.append(client_id)
+    except BaseException:
+        # No goodbye on a failed or cancelled client: a graceful close could hang on the same problem.
+        engine.terminate(connection)
+        raise
+    await engine.close(connection)
+
+
+def _pins_with_session_state(client_id: int) -> bool:
+    """This client sets session state the proxy cannot replay (and checks it sees its own value only)."""
+    return client_id % PIN_EVERY == 0
+
+
+def _pins_with_session_lock(client_id: int) -> bool:
+    return client_id % PIN_EVERY == PIN_EVERY // 2
+
+
+class StateLeak(Exception):
+    """A client observed session state it never set (or lost state it did set)."""
+
+
+class ConnectTimeout(Exception):
+    """The server (or the proxy) did not complete a client's connect in time."""
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"TimeoutError: client took longer than {CLIENT_TIMEOUT:g} s"
+    message = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {message}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The engines: what differs between PostgreSQL and MariaDB, as small adapters around their client libraries
+
+
+class _Engine:
+    """The engine-specific parts of the demo; the storm, the checks and the report are shared."""
+
+    name = ""  # as the report names the server
+    client_package = ""  # the client library the storm needs
+    auth_method = ""  # how the storm's clients authenticate
+    min_max_connections = 1
+    min_max_connections_reason = ""
+    server_connections_note = ""  # what "peak server connections" counts
+
+    def start_server(self, max_connections: int) -> Any:
+        raise NotImplementedError
+
+    def superuser_connection(self, server: Any) -> AbstractAsyncContextManager[Any]:
+        """A direct superuser connection for setup, server-side samples and the checks."""
+        raise NotImplementedError
+
+    async def create_tables(self, monitor: Any, server: Any) -> None:
+        raise NotImplementedError
+
+    async def reset_tables(self, monitor: Any) -> None:
+        raise NotImplementedError
+
+    async def connect(self, target: ConnectTo) -> Any:
+        raise NotImplementedError
+
+    async def one_transaction(self, connection: Any, client_id: int) -> None:
+        """Pin if this client is one of those that do, then the storm's transaction, checked for state leaks."""
+        raise NotImplementedError
+
+    def terminate(self, connection: Any) -> None:
+        raise NotImplementedError
+
+    async def close(self, connection: Any) -> None:
+        raise NotImplementedError
+
+    async def fetch(self, connection: Any, query: str) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    async def server_connections(self, connection: Any, user: str) -> int:
+        """Sessions of `user` on the server, as the server itself counts them."""
+        raise NotImplementedError
+
+    async def other_sessions(self, connection: Any, except_user: Optional[str]) -> int:
+        """Sessions on the server besides `connection` itself and those of `except_user`."""
+        raise NotImplementedError
+
+    def describe_error(self, exc: BaseException) -> str:
+        return _describe_error(exc)
+
+
+class _Postgres(_Engine):
+    name = "PostgreSQL"
+    client_package = "asyncpg"
+    auth_method = "SCRAM"
+    min_max_connections = 6
+    min_max_connections_reason = "PostgreSQL reserves 3 for superusers"
+    server_connections_note = "the app user's backends in pg_stat_activity"
+
+    def __init__(self) -> None:
+        import asyncpg
+
+        self.asyncpg = asyncpg
+
+    def start_server(self, max_connections: int) -> PostgresServer:
+        return start_postgres(max_connections=max_connections)
+
+    @asynccontextmanager
+    async def superuser_connection(self, server: PostgresServer) -> AsyncIterator[Any]:
+        connection = await self.asyncpg.connect(
+            server.dsn(user=server.superuser, password=server.superuser_password), statement_cache_size=0
+        )
+        try:
+            yield connection
+        finally:
+            await connection.close()
+
+    async def create_tables(self, monitor: Any, server: PostgresServer) -> None:
+        owner = server.app_user
+        await monitor.execute(
+            "CREATE TABLE storm_counters (slot integer PRIMARY KEY, hits bigint NOT NULL DEFAULT 0);"
+            "CREATE TABLE storm_visits (client_id integer NOT NULL);"
+            f'ALTER TABLE storm_counters OWNER TO "{owner}";'
+            f'ALTER TABLE storm_visits OWNER TO "{owner}";'
+        )
+        await self.reset_tables(monitor)
+
+    async def reset_tables(self, monitor: Any) -> None:
+        await monitor.execute(
+            "TRUNCATE storm_counters, storm_visits;"
+            f"INSERT INTO storm_counters (slot) SELECT generate_series(0, {COUNTER_SLOTS - 1});"
+        )
+
+    async def connect(self, target: ConnectTo) -> Any:
+        return await self.asyncpg.connect(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            password=target.password,
+            database=target.database,
+            statement_cache_size=0,
+            timeout=CLIENT_TIMEOUT,
+            command_timeout=CLIENT_TIMEOUT,
+            ssl=False,
+        )
+
+    async def one_transaction(self, connection: Any, client_id: int) -> None:
+        pins_with_set = _pins_with_session_state(client_id)
         if pins_with_set:
             await connection.execute(f"SET statement_timeout = '{PINNED_STATEMENT_TIMEOUT}'")
-        elif client_id % PIN_EVERY == PIN_EVERY // 2:
+        elif _pins_with_session_lock(client_id):
             await connection.execute(f"SELECT pg_advisory_lock({client_id})")
         async with connection.transaction():
             await connection.execute(
@@ -203,106 +351,212 @@ async def _client_lifetime(asyncpg: Any, target: ConnectTo, client_id: int, resu
             expected = PINNED_STATEMENT_TIMEOUT if pins_with_set else "0"
             if row["statement_timeout"] != expected:
                 raise StateLeak(f"statement_timeout is {row['statement_timeout']!r}, expected {expected!r}")
-        result.committed_ids.append(client_id)
-    except BaseException:
-        # No goodbye on a failed or cancelled client: a graceful close could hang on the same problem.
+
+    def terminate(self, connection: Any) -> None:
         connection.terminate()
-        raise
-    await connection.close(timeout=CLIENT_TIMEOUT)
+
+    async def close(self, connection: Any) -> None:
+        await connection.close(timeout=CLIENT_TIMEOUT)
+
+    async def fetch(self, connection: Any, query: str) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await connection.fetch(query)]
+
+    async def server_connections(self, connection: Any, user: str) -> int:
+        return await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND usename = $1", user
+        )
+
+    async def other_sessions(self, connection: Any, except_user: Optional[str]) -> int:
+        return await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid() AND usename IS DISTINCT FROM $1",
+            except_user,
+        )
 
 
-class StateLeak(Exception):
-    """A client observed session state it never set (or lost state it did set)."""
+class _MariaDB(_Engine):
+    name = "MariaDB"
+    client_package = "aiomysql"
+    auth_method = "mysql_native_password"
+    min_max_connections = MARIADB_MIN_CONNECTIONS
+    min_max_connections_reason = "MariaDB's minimum"
+    server_connections_note = "the app user's sessions in information_schema.PROCESSLIST"
 
+    def __init__(self) -> None:
+        import aiomysql
+        import pymysql
 
-def _describe_error(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return f"TimeoutError: client took longer than {CLIENT_TIMEOUT:g} s"
-    message = " ".join(str(exc).split()) or "(no message)"
-    return f"{type(exc).__name__}: {message}"
+        self.aiomysql = aiomysql
+        self.pymysql = pymysql
+
+    def start_server(self, max_connections: int) -> MariaDBServer:
+        return start_mariadb(max_connections=max_connections)
+
+    @asynccontextmanager
+    async def superuser_connection(self, server: MariaDBServer) -> AsyncIterator[Any]:
+        connection = await self.aiomysql.connect(
+            unix_socket=server.socket_path,
+            user=server.superuser,
+            password="",
+            db=server.app_database,
+            autocommit=True,
+        )
+        try:
+            yield connection
+        finally:
+            await connection.ensure_closed()
+
+    async def create_tables(self, monitor: Any, server: MariaDBServer) -> None:
+        async with monitor.cursor() as cursor:
+            await cursor.execute(
+                "CREATE TABLE storm_counters (slot integer PRIMARY KEY, hits bigint NOT NULL DEFAULT 0) ENGINE=InnoDB"
+            )
+            await cursor.execute("CREATE TABLE storm_visits (client_id integer NOT NULL) ENGINE=InnoDB")
+        await self.reset_tables(monitor)
+
+    async def reset_tables(self, monitor: Any) -> None:
+        async with monitor.cursor() as cursor:
+            await cursor.execute("TRUNCATE storm_counters")
+            await cursor.execute("TRUNCATE storm_visits")
+            slots = ", ".join(f"({slot})" for slot in range(COUNTER_SLOTS))
+            await cursor.execute(f"INSERT INTO storm_counters (slot) VALUES {slots}")
+
+    async def connect(self, target: ConnectTo) -> Any:
+        # autocommit=True matches the server's default, so the client sends no SET at connect.
+        # aiomysql's connect_timeout covers the TCP connect only, not the server's greeting and the login.
+        connecting = self.aiomysql.connect(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            password=target.password,
+            db=target.database,
+            autocommit=True,
+            connect_timeout=MARIADB_CONNECT_TIMEOUT,
+        )
+        try:
+            return await asyncio.wait_for(connecting, MARIADB_CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise ConnectTimeout(f"connect took longer than {MARIADB_CONNECT_TIMEOUT:g} s") from None
+
+    async def one_transaction(self, connection: Any, client_id: int) -> None:
+        pins_with_variable = _pins_with_session_state(client_id)
+        slot = client_id % COUNTER_SLOTS
+        async with connection.cursor() as cursor:
+            if pins_with_variable:
+                await cursor.execute("SET @storm_client = %s", (client_id,))
+            elif _pins_with_session_lock(client_id):
+                await cursor.execute("SELECT GET_LOCK(%s, 10)", (f"storm-{client_id}",))
+            await connection.begin()
+            await cursor.execute("UPDATE storm_counters SET hits = hits + 1 WHERE slot = %s", (slot,))
+            await cursor.execute("INSERT INTO storm_visits (client_id) VALUES (%s)", (client_id,))
+            await cursor.execute("SELECT hits, @storm_client FROM storm_counters WHERE slot = %s", (slot,))
+            _hits, seen = await cursor.fetchone()
+            # Each client sees only its own user variable, whichever backend serves it. An error leaves the
+            # transaction open: terminate() drops the connection and the server rolls it back.
+            expected = client_id if pins_with_variable else None
+            if seen != expected:
+                raise StateLeak(f"@storm_client is {seen!r}, expected {expected!r}")
+            await connection.commit()
+
+    def terminate(self, connection: Any) -> None:
+        connection.close()
+
+    async def close(self, connection: Any) -> None:
+        await connection.ensure_closed()
+
+    async def fetch(self, connection: Any, query: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        async with connection.cursor() as cursor:
+            await cursor.execute(query, parameters)
+            return list(await cursor.fetchall())
+
+    async def server_connections(self, connection: Any, user: str) -> int:
+        # Without the PROCESS privilege a user sees only its own sessions: enough for the app user's count.
+        rows = await self.fetch(
+            connection, "SELECT count(*) FROM information_schema.PROCESSLIST WHERE USER = %s", (user,)
+        )
+        return int(rows[0][0])
+
+    async def other_sessions(self, connection: Any, except_user: Optional[str]) -> int:
+        # Threads_connected counts the sessions the app user cannot see in PROCESSLIST (root's) as well.
+        rows = await self.fetch(
+            connection,
+            "SELECT (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
+            " WHERE VARIABLE_NAME = 'THREADS_CONNECTED')"
+            " - (SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID() OR USER = %s)",
+            (except_user,),
+        )
+        return int(rows[0][0])
+
+    def describe_error(self, exc: BaseException) -> str:
+        # PyMySQL errors carry (error code, message); a failed connect also names the socket error beneath.
+        if isinstance(exc, self.pymysql.err.MySQLError) and len(exc.args) == 2 and isinstance(exc.args[0], int):
+            code, message = exc.args
+            described = f"{type(exc).__name__} {code}: {' '.join(str(message).split())}"
+            cause = exc.__cause__
+            if cause is not None:
+                described += f" ({_describe_error(cause)})"
+            return described
+        return _describe_error(exc)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The PostgreSQL demo
+# The demo
 
 
-async def _postgres_demo(clients: int, concurrency: int, max_connections: int) -> int:
+async def _demo(engine: _Engine, clients: int, concurrency: int, max_connections: int) -> int:
     demo_started = time.perf_counter()
     print(
         f"rdsproxy demo: {clients} short-lived clients, at most {concurrency} at once, each doing connect "
-        f"(SCRAM) + one transaction + disconnect,\nagainst a throwaway PostgreSQL with "
-        f"max_connections = {max_connections}. Starting PostgreSQL...",
+        f"({engine.auth_method}) + one transaction + disconnect,\nagainst a throwaway {engine.name} with "
+        f"max_connections = {max_connections}. Starting {engine.name}...",
         flush=True,
     )
     loop = asyncio.get_running_loop()
-    server = await loop.run_in_executor(None, lambda: start_postgres(max_connections=max_connections))
+    server = await loop.run_in_executor(None, lambda: engine.start_server(max_connections))
     try:
-        async with _superuser_connection(server) as monitor:
-            await _create_tables(monitor, server.app_user)
+        async with engine.superuser_connection(server) as monitor:
+            await engine.create_tables(monitor, server)
             direct_target = ConnectTo(
                 server.host, server.port, server.app_user, server.app_password, server.app_database
             )
 
             async def sample_server(result: StormResult) -> None:
-                connected = await _server_connections(monitor, server.app_user)
+                connected = await engine.server_connections(monitor, server.app_user)
                 result.peak_server_connections = max(result.peak_server_connections, connected)
 
-            print("Storm 1/2: directly against PostgreSQL...", flush=True)
-            direct = await _storm("direct", direct_target, clients, concurrency, sample_server)
-            direct.check = await _check(monitor, direct)
-            await _wait_for_idle_server(monitor)
-            await _reset_tables(monitor)
+            print(f"Storm 1/2: directly against {engine.name}...", flush=True)
+            direct = await _storm(engine, "direct", direct_target, clients, concurrency, sample_server)
+            direct.check = await _check(engine, monitor, direct)
+            await _wait_for_idle_server(engine, monitor)
+            await engine.reset_tables(monitor)
         # The superuser connection is closed now: even a superuser takes an ordinary connection slot first,
         # and the proxy's budget counts on every slot but its own health-check connection.
 
         print("Storm 2/2: through rdsproxy...", flush=True)
         try:
-            proxied = await _proxied_storm(server, clients, concurrency)
+            proxied = await _proxied_storm(engine, server, clients, concurrency)
         except Exception as exc:  # noqa: BLE001 - report it beside the direct results
             traceback.print_exc()
-            proxied = StormResult(label="rdsproxy", clients=clients, fatal=_describe_error(exc))
-        async with _superuser_connection(server) as monitor:
-            proxied.check = await _check(monitor, proxied)
+            proxied = StormResult(label="rdsproxy", clients=clients, fatal=engine.describe_error(exc))
+        async with engine.superuser_connection(server) as monitor:
+            proxied.check = await _check(engine, monitor, proxied)
     finally:
         await loop.run_in_executor(None, server.stop)
-    passed = _report(direct, proxied, max_connections)
+    passed = _report(engine, direct, proxied, max_connections)
     print(f"(demo took {time.perf_counter() - demo_started:.1f} s)")
     return 0 if passed else 1
 
 
-@asynccontextmanager
-async def _superuser_connection(server: PostgresServer) -> AsyncIterator[Any]:
-    """A direct superuser connection for setup, pg_stat_activity samples and the checks."""
-    import asyncpg
-
-    connection = await asyncpg.connect(
-        server.dsn(user=server.superuser, password=server.superuser_password), statement_cache_size=0
-    )
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-async def _proxied_storm(server: PostgresServer, clients: int, concurrency: int) -> StormResult:
-    import asyncpg
-
+async def _proxied_storm(engine: _Engine, server: Any, clients: int, concurrency: int) -> StormResult:
     config = proxy_config_for(server, connection_borrow_timeout=BORROW_TIMEOUT)
     config.proxy.name = "rdsproxy-demo"
     async with Proxy(config) as proxy:
         host, port = proxy.address("default")
         target = ConnectTo(host, port, server.app_user, server.app_password, server.app_database)
         # The server's own view, sampled through the proxy so that sampling takes no extra server slot.
-        sampler = await asyncpg.connect(
-            host=host,
-            port=port,
-            user=target.user,
-            password=target.password,
-            database=target.database,
-            statement_cache_size=0,
-        )
+        sampler = await engine.connect(target)
         try:
-            await _wait_for_idle_server(sampler, except_user=server.app_user)
+            await _wait_for_idle_server(engine, sampler, except_user=server.app_user)
 
             async def sample_proxy(result: StormResult) -> None:
                 metrics = proxy.metrics()
@@ -310,56 +564,30 @@ async def _proxied_storm(server: PostgresServer, clients: int, concurrency: int)
                     result.peak_backend_connections, int(metrics.get("DatabaseConnections", 0))
                 )
                 result.peak_pinned_sessions = max(result.peak_pinned_sessions, len(proxy.pinned_sessions()))
-                connected = await _server_connections(sampler, server.app_user)
+                connected = await engine.server_connections(sampler, server.app_user)
                 result.peak_server_connections = max(result.peak_server_connections, connected)
 
-            result = await _storm("rdsproxy", target, clients, concurrency, sample_proxy)
+            result = await _storm(engine, "rdsproxy", target, clients, concurrency, sample_proxy)
         finally:
-            await sampler.close()
+            await engine.close(sampler)
         result.metrics = proxy.metrics()
     return result
 
 
-async def _create_tables(monitor: Any, owner: str) -> None:
-    await monitor.execute(
-        "CREATE TABLE storm_counters (slot integer PRIMARY KEY, hits bigint NOT NULL DEFAULT 0);"
-        "CREATE TABLE storm_visits (client_id integer NOT NULL);"
-        f'ALTER TABLE storm_counters OWNER TO "{owner}";'
-        f'ALTER TABLE storm_visits OWNER TO "{owner}";'
-    )
-    await _reset_tables(monitor)
-
-
-async def _reset_tables(monitor: Any) -> None:
-    await monitor.execute(
-        "TRUNCATE storm_counters, storm_visits;"
-        f"INSERT INTO storm_counters (slot) SELECT generate_series(0, {COUNTER_SLOTS - 1});"
-    )
-
-
-async def _server_connections(connection: Any, user: str) -> int:
-    return await connection.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND usename = $1", user
-    )
-
-
-async def _wait_for_idle_server(connection: Any, *, except_user: Optional[str] = None) -> None:
-    """Backends of closed clients exit asynchronously; the next storm must find every slot free."""
-    query = (
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
-        " AND pid <> pg_backend_pid() AND usename IS DISTINCT FROM $1"
-    )
+async def _wait_for_idle_server(engine: _Engine, connection: Any, *, except_user: Optional[str] = None) -> None:
+    """Sessions of closed clients end asynchronously; the next storm must find every slot free."""
     deadline = time.monotonic() + IDLE_WAIT
-    while await connection.fetchval(query, except_user) and time.monotonic() < deadline:
+    while await engine.other_sessions(connection, except_user) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
 
 
-async def _check(monitor: Any, result: StormResult) -> tuple[bool, str]:
+async def _check(engine: _Engine, monitor: Any, result: StormResult) -> tuple[bool, str]:
     """Every committed transaction is in the database exactly once, and nothing else is."""
-    total_hits = await monitor.fetchval("SELECT coalesce(sum(hits), 0) FROM storm_counters")
-    visits = await monitor.fetch("SELECT client_id FROM storm_visits")
+    ((total_hits,),) = await engine.fetch(monitor, "SELECT coalesce(sum(hits), 0) FROM storm_counters")
+    total_hits = int(total_hits)
+    visits = await engine.fetch(monitor, "SELECT client_id FROM storm_visits")
     committed = Counter(result.committed_ids)
-    recorded = Counter(row["client_id"] for row in visits)
+    recorded = Counter(client_id for (client_id,) in visits)
     passed = total_hits == len(result.committed_ids) and recorded == committed
     mark = "OK" if passed else "FAILED"
     missing = sum((committed - recorded).values())
@@ -384,7 +612,7 @@ def _milliseconds(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _report(direct: StormResult, proxied: StormResult, max_connections: int) -> bool:
+def _report(engine: _Engine, direct: StormResult, proxied: StormResult, max_connections: int) -> bool:
     metrics = proxied.metrics
     backends_allowed = int(metrics.get("MaxDatabaseConnectionsAllowed", 0))
     rows = [
@@ -405,10 +633,10 @@ def _report(direct: StormResult, proxied: StormResult, max_connections: int) -> 
     ]
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     print()
-    print(f"Results (PostgreSQL max_connections = {max_connections}; latency over succeeded clients)")
+    print(f"Results ({engine.name} max_connections = {max_connections}; latency over succeeded clients)")
     for row in rows:
         print(f"  {row[0]:<{widths[0]}}   {row[1]:>{widths[1]}}   {row[2]:>{widths[2]}}")
-    print("  * the app user's backends in pg_stat_activity; through rdsproxy including its health check")
+    print(f"  * {engine.server_connections_note}; through rdsproxy including its health check")
 
     for result in (direct, proxied):
         if result.errors or result.fatal:
