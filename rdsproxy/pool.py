@@ -169,7 +169,8 @@ class TargetPool:
             if other_key != key and idle:
                 backend = idle.pop(0)  # the coldest
                 self._idle_count -= 1
-                self._discard(backend)
+                # not _discard: its _make_room_for would open a connection too, on top of the caller's
+                self._close(backend)
                 return True
         return False
 
@@ -249,10 +250,13 @@ class TargetPool:
             # someone is waiting for another (user, database): this idle one may make room for them
             self._make_room_for(self._waiters[0])
 
-    def _discard(self, backend: Any) -> None:
+    def _close(self, backend: Any) -> None:
         self._total -= 1
         self.stats.DatabaseConnections -= 1
         backend.close()
+
+    def _discard(self, backend: Any) -> None:
+        self._close(backend)
         if self._waiters:
             self._make_room_for(self._waiters[0])
 

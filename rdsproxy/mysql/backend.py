@@ -125,6 +125,7 @@ class MyBackend(BackendConnection):
         self.client: Optional[MyClient] = None
         self.fatal_reason: Optional[str] = None
         self._payloads: list[bytes] = []
+        self._internal_for_client = False
         self._started: Optional[asyncio.Future] = None  # resolved when the handshake is over
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -165,7 +166,7 @@ class MyBackend(BackendConnection):
                     except InternalQueryError as exc:
                         self._reject(exc)
                     else:
-                        if status >= 0 and status & 0x0001:
+                        if status >= 0 and status & 0x0001 and not self._internal_for_client:
                             self.broken = True  # our own statements never leave a transaction open
                         self._resolve(rows)
             return
@@ -235,6 +236,8 @@ class MyBackend(BackendConnection):
         self._waiter = asyncio.get_running_loop().create_future()
         self._buffer.clear()
         previous_client = self.client
+        # a read-back for an attached client runs inside that client's transaction, if it has one open
+        self._internal_for_client = previous_client is not None
         self.client = None
         self.state = INTERNAL
         self.scanner.expect(command)

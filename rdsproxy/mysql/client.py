@@ -158,6 +158,7 @@ class MyClient(ClientConnection):
                 raise ProtocolViolation(f"handshake response with sequence id {seq}, expected 1")
             self._handshake_response(payload)
         elif self.state == AUTH:
+            self._seq = seq + 1  # an ERR for a refused answer follows it
             replies = self._auth.handle(payload)  # type: ignore[union-attr]
             self._auth_replies(seq, replies)
         else:
@@ -183,6 +184,7 @@ class MyClient(ClientConnection):
             password=password, method=self.engine.auth_plugin_for(response.username), scramble=self.scramble
         )
         self.state = AUTH
+        self._seq = seq + 1  # an ERR for a refused first answer follows it
         self._auth_replies(seq, self._auth.start(response))
 
     def _auth_replies(self, seq: int, replies: list[bytes]) -> None:
@@ -340,8 +342,13 @@ class MyClient(ClientConnection):
                 session.infile = True
         if session.outstanding <= 0 and not session.infile:
             if session.refresh_needed and not self._refreshing:
+                # cleared now, not when the read-back ends: a SET queued meanwhile must get a read-back of its own
+                session.refresh_needed = False
                 self._refreshing = True
                 self.pending = []
+                # the client may answer the forwarded OK at once: COM_RESET_CONNECTION or COM_CHANGE_USER must not
+                # take the backend away while the read-back is on it, so its next command waits for the read-back
+                self.pause_reading()
                 self._task = asyncio.ensure_future(self._refresh_state(backend))  # type: ignore[arg-type]
             elif not self._refreshing:
                 self.responses_complete()
@@ -353,13 +360,14 @@ class MyClient(ClientConnection):
         except (InternalQueryError, BackendUnavailable) as exc:
             log.warning("could not read session state back from %s: %s; closing it", backend.address, exc)
             self._refreshing = False
+            self.pending = None
             if backend.transport is not None:
                 backend.transport.abort()  # backend_lost() follows and answers what is queued
+            asyncio.get_running_loop().call_soon(self.resume_reading)  # after backend_lost()
             return
         state = dict(zip(("database", *TRACKED_VARIABLES), rows[0]))
         self.session.wanted = state
         backend.applied = dict(state)
-        self.session.refresh_needed = False
         self._refreshing = False
         pending, self.pending = self.pending, None
         for command, cursor in self.expects:
@@ -369,6 +377,7 @@ class MyClient(ClientConnection):
             backend.transport.write(b"".join(pending))  # type: ignore[union-attr]
         elif self.session.outstanding <= 0:
             self.responses_complete()
+        self.resume_reading()
 
     # ------------------------------------------------------------------ session commands
     def _reset_connection(self) -> None:
