@@ -162,3 +162,11 @@ def test_sync_sql_replays_only_differences():
     sql = sync_sql({"sql_mode": "it's", "wait_timeout": "60", "database": "d"}, {}).decode()
     assert sql.startswith("SET ") and "database" not in sql
     assert "@@session.sql_mode = 'it''s'" in sql and "@@session.wait_timeout = 60" in sql
+
+
+def test_connection_id_calls_answer_with_the_proxy_id():
+    session = MySession()
+    session.connection_id = 7
+    action = query(session, b"SELECT CONNECTION_ID(), 'CONNECTION_ID()' /* CONNECTION_ID() */, connection_id ( )")
+    payload = action.data[4:]
+    assert payload[1:] == b"SELECT 7, 'CONNECTION_ID()' /* CONNECTION_ID() */, 7"

@@ -79,6 +79,7 @@ classify_mysql = ACTIVE.classify.classify_mysql
 mysql_session_function_items = ACTIVE.classify.mysql_session_function_items
 mysql_select_of_session_functions = ACTIVE.classify.mysql_select_of_session_functions
 parse_kill = ACTIVE.classify.parse_kill
+tokenize = ACTIVE.classify.tokenize
 
 __all__ = [
     "ACTIVE",
@@ -95,4 +96,5 @@ __all__ = [
     "mysql_session_function_items",
     "packet_payload",
     "parse_kill",
+    "tokenize",
 ]

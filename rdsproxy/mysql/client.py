@@ -113,7 +113,7 @@ class MyClient(ClientConnection):
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.connection_id = self.engine.register_connection(self)
+        self.connection_id = self.session.connection_id = self.engine.register_connection(self)
         greeting = p.handshake_v10(
             server_version=self.engine.server_version,
             connection_id=self.connection_id,

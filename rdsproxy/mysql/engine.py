@@ -81,14 +81,20 @@ class MyEngine(Engine):
         if target.user != issuer.user:
             issuer._send(1, p.err_packet(1095, "HY000", f"You are not owner of thread {connection_id}"))
             return
+        backend = target.backend
         if scope == "CONNECTION":
-            issuer._send(1, p.ok_packet(status=issuer.session.ok_status()))
+            if target is not issuer and backend is not None and target.session.outstanding > 0:
+                # dropping that backend does not stop its statement on the server (SLEEP, a long scan): kill it
+                # there too; the server's answer to this KILL QUERY is the issuer's answer
+                issuer.session.outstanding += 1
+                issuer.send_command(p.packet(0, p.com_query(b"KILL QUERY %d" % backend.thread_id)), p.COM_QUERY)
+            else:
+                issuer._send(1, p.ok_packet(status=issuer.session.ok_status()))
             if target is not issuer:
                 target.terminate(SHUTDOWN, "Connection was killed")
             else:
                 issuer.close()
             return
-        backend = target.backend
         if backend is None or target.session.outstanding == 0:
             issuer._send(1, p.ok_packet(status=issuer.session.ok_status()))  # nothing is running
             return

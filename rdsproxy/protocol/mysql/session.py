@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Optional
 
-from ..._codec import classify_mysql, mysql_session_function_items, parse_kill
+from ..._codec import classify_mysql, mysql_session_function_items, parse_kill, tokenize
+from ..._codec.classify_py import IDENT, LPAREN, MYSQL_LEX_OPTIONS, RPAREN
 from ..._codec.flags import (
     MY_KILL,
     MY_PIN_MASK,
@@ -104,6 +105,27 @@ def sync_sql(wanted: dict[str, Optional[str]], applied: dict[str, Optional[str]]
     return ("SET " + ", ".join(sets)).encode() if sets else None
 
 
+def replace_connection_id(sql: bytes, connection_id: int) -> bytes:
+    """`sql` with each CONNECTION_ID() call replaced by the proxy's id for the client (what KILL expects)."""
+    tokens = tokenize(sql, MYSQL_LEX_OPTIONS)
+    pieces = []
+    copied = 0
+    for i, (kind, start, end) in enumerate(tokens[:-2]):
+        if (
+            kind == IDENT
+            and sql[start:end].lower() == b"connection_id"
+            and tokens[i + 1][0] == LPAREN
+            and tokens[i + 2][0] == RPAREN
+        ):
+            pieces.append(sql[copied:start])
+            pieces.append(b"%d" % connection_id)
+            copied = tokens[i + 2][2]
+    if not pieces:
+        return sql
+    pieces.append(sql[copied:])
+    return b"".join(pieces)
+
+
 class Action:
     """What the adapter must do with one client command."""
 
@@ -135,6 +157,7 @@ class MySession:
         "exclude_variable_sets",
         "deprecate_eof",
         "failing",
+        "connection_id",
     )
 
     def __init__(self, *, exclude_variable_sets: bool = False, deprecate_eof: bool = False) -> None:
@@ -151,6 +174,7 @@ class MySession:
         self.exclude_variable_sets = exclude_variable_sets
         self.deprecate_eof = deprecate_eof
         self.failing: Optional[tuple[int, str, str]] = None  # an ERR owed to the next command (lost transaction)
+        self.connection_id = 0  # the proxy-issued id of this client (CONNECTION_ID() answers with it)
 
     # ------------------------------------------------------------------ state
     @property
@@ -226,6 +250,12 @@ class MySession:
         return Action(REPLY, p.packet(1, p.err_packet(1047, "08S01", f"Unknown command 0x{command:02x}")))
 
     def _query(self, raw: bytes, sql: bytes, *, attached: bool) -> Action:
+        if b"connection_id" in sql.lower():
+            # the backend's own thread id means nothing to the client: it is multiplexed, and KILL takes proxy ids
+            rewritten = replace_connection_id(sql, self.connection_id)
+            if rewritten is not sql:
+                sql = rewritten
+                raw = p.packet(0, bytes([p.COM_QUERY]) + sql)
         action = Action(FORWARD, raw, p.COM_QUERY)
         if len(sql) > MAX_INSPECTED_STATEMENT:
             self._pin(REASON_TOO_LONG, sql, action)
