@@ -105,6 +105,7 @@ class MyClient(ClientConnection):
         self._auth_user_known = True
         self._seq = 0  # sequence id of our next packet during the handshake
         self._changing_user = False
+        self._used_password = False
         self.expects: list[
             tuple[int, bool]
         ] = []  # commands sent or queued whose response no backend scanner expects yet
@@ -178,6 +179,7 @@ class MyClient(ClientConnection):
         self._start_auth(response, 1)
 
     def _start_auth(self, response: Any, seq: int) -> None:
+        self._used_password = bool(response.auth_response)
         password = self.engine.password_of(response.username) if self.engine.config.user(response.username) else None
         self._auth_user_known = password is not None
         self._auth = ClientAuthenticator(
@@ -202,7 +204,10 @@ class MyClient(ClientConnection):
         code, sqlstate = ACCESS_DENIED
         host = self.transport.get_extra_info("peername", ("localhost",))[0] if self.transport else "localhost"
         self._error_and_close(
-            self._seq, code, sqlstate, f"Access denied for user '{self.user}'@'{host}' (using password: YES)"
+            self._seq,
+            code,
+            sqlstate,
+            f"Access denied for user '{self.user}'@'{host}' (using password: {'YES' if self._used_password else 'NO'})",
         )
 
     def _authenticated(self) -> None:
