@@ -106,9 +106,8 @@ class MyClient(ClientConnection):
         self._seq = 0  # sequence id of our next packet during the handshake
         self._changing_user = False
         self._used_password = False
-        self.expects: list[
-            tuple[int, bool]
-        ] = []  # commands sent or queued whose response no backend scanner expects yet
+        # commands sent or queued whose response no backend scanner expects yet: (command, opens a cursor)
+        self.expects: list[tuple[int, bool]] = []
         self._refreshing = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -390,8 +389,9 @@ class MyClient(ClientConnection):
         if backend is not None:
             self.backend = None
             self.engine.return_backend(self, backend)
+        current_database = self.session.wanted.get("database")  # the reset keeps the current schema
         self.session.reset(None)
-        self.session.wanted = dict(self.engine.baseline(self.key), database=self.database)
+        self.session.wanted = dict(self.engine.baseline(self.key), database=current_database)
         self._send(1, p.ok_packet(status=self.session.ok_status()))
 
     def _change_user(self, payload: bytes) -> None:
