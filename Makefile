@@ -37,3 +37,18 @@ build: $(STAMP)
 
 clean:
 	rm -rf build $(VENV) *.egg-info rdsproxy/_codec/*.so rdsproxy/_codec/*.c
+
+# Wheels for every CPython 3.9-3.13 found (WHEEL_PYTHONS=all), or the default one only (WHEEL_PYTHONS=default),
+# and the sdist, into wheels/; each wheel is smoke-tested in a fresh venv without a compiler.
+WHEEL_PYTHONS ?= all
+.PHONY: wheel
+wheel: system-deps
+	WHEEL_PYTHONS="$(WHEEL_PYTHONS)" PYTHON="$(PYTHON)" bash scripts/build_wheels.sh
+
+# Benchmarks (not part of `make test`): pytest-benchmark tables, then the throughput runner in quick mode.
+# Full throughput run: $(PY) -m benchmarks.throughput --json bench.json ; idle clients: $(PY) -m benchmarks.idle_clients
+.PHONY: bench
+bench: $(STAMP)
+	$(VENV)/bin/pytest benchmarks -p no:cacheprovider --benchmark-warmup=on --benchmark-group-by=group \
+		--benchmark-sort=name --benchmark-columns=median,iqr,mean,min,ops,rounds
+	$(PY) -m benchmarks.throughput --quick
