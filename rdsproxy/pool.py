@@ -92,6 +92,7 @@ class TargetPool:
         self._total = 0  # open + opening backends: what counts against the budget
         self._borrowed = 0
         self._waiters: deque[_Waiter] = deque()
+        self._open_backends: set = set()  # every open backend of this pool, idle or borrowed
         self._closed = False
         self.params_cache: dict[PoolKey, dict[str, str]] = {}
         stats.MaxDatabaseConnectionsAllowed = limit
@@ -208,6 +209,7 @@ class TargetPool:
             backend.close()
             return
         backend.key = key
+        self._open_backends.add(backend)
         self._place(backend)
 
     def _fail_one_waiter(self, key: PoolKey, exc: BaseException) -> None:
@@ -251,8 +253,10 @@ class TargetPool:
             self._make_room_for(self._waiters[0])
 
     def _close(self, backend: Any) -> None:
-        self._total -= 1
-        self.stats.DatabaseConnections -= 1
+        if backend in self._open_backends:  # once only, even if a closed pool hears about it again
+            self._open_backends.discard(backend)
+            self._total -= 1
+            self.stats.DatabaseConnections -= 1
         backend.close()
 
     def _discard(self, backend: Any) -> None:
@@ -315,9 +319,8 @@ class TargetPool:
                 waiter.future.set_exception(BackendUnavailable("the proxy is shutting down", sqlstate="57P01"))
         self._waiters.clear()
         for idle in self._idle.values():
-            for backend in idle:
-                self._total -= 1
-                self.stats.DatabaseConnections -= 1
-                backend.close()
             idle.clear()
         self._idle_count = 0
+        # borrowed ones too: a backend still being reset for a departed client must not outlive the proxy
+        for backend in list(self._open_backends):
+            self._close(backend)
