@@ -37,7 +37,27 @@ class ClientConnection(asyncio.Protocol):
     client's), `invalid_settings(exc)`, and a `session` with `pinned`, `releasable`, `outstanding` and `quiet`.
     """
 
-    session: Any
+    # One of these exists per client connection, most of them idle: slots keep each one small.
+    __slots__ = (
+        "engine",
+        "endpoint_name",
+        "stats",
+        "transport",
+        "state",
+        "user",
+        "key",
+        "backend",
+        "pending",
+        "session",
+        "_task",
+        "last_activity",
+        "connected_at",
+        "request_started",
+        "db_request_started",
+        "reading_paused",
+        "writing_paused",
+        "draining",
+    )
 
     def __init__(self, engine: Any, endpoint_name: str, stats: EndpointStats) -> None:
         self.engine = engine

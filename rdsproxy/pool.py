@@ -156,7 +156,7 @@ class TargetPool:
         """Open a connection for the head waiter if the budget allows, evicting an idle one of another key."""
         if self._closed:
             return
-        wanted = sum(1 for w in self._waiters if not w.future.done())
+        wanted = len(self._waiters)  # answered waiters leave the queue at once, so every one here still waits
         while self._opening < wanted:
             if self._total < self.limit:
                 self._open_for(waiter.key)

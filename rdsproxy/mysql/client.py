@@ -91,6 +91,22 @@ ACCESS_DENIED = (1045, "28000")
 class MyClient(ClientConnection):
     """A MySQL client connection: the proxy is its server; backends are borrowed per transaction."""
 
+    __slots__ = (
+        "framer",
+        "connection_id",
+        "scramble",
+        "capabilities",
+        "charset",
+        "database",
+        "expects",
+        "_auth",
+        "_auth_user_known",
+        "_seq",
+        "_changing_user",
+        "_used_password",
+        "_refreshing",
+    )
+
     def __init__(self, engine: MyEngine, endpoint_name: str, stats: EndpointStats) -> None:
         super().__init__(engine, endpoint_name, stats)
         self.framer = MyClientFramer(MAX_SETUP_PACKET)

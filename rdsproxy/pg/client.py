@@ -58,6 +58,8 @@ SQLSTATES = {
 class PgClient(ClientConnection):
     """A PostgreSQL client connection: startup and auth by the proxy, then transaction-pooled forwarding."""
 
+    __slots__ = ("framer", "database", "_auth", "_auth_failed_user", "process_id", "secret_key")
+
     def __init__(self, engine: PgEngine, endpoint_name: str, stats: EndpointStats) -> None:
         super().__init__(engine, endpoint_name, stats)
         self.framer = ClientFramer(MAX_SETUP_MESSAGE)
