@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Optional
 
 from ..._codec import classify_mysql, mysql_session_function_items, parse_kill, tokenize
@@ -165,7 +166,7 @@ class MySession:
         self.status = SERVER_STATUS_AUTOCOMMIT  # server status flags of the last complete response
         self.infile = False  # the client is streaming a LOCAL INFILE file
         self.pinned = False
-        self.pin_reasons: list[str] = []
+        self.pin_reasons: Sequence[str] = ()  # a list once pinned: most sessions never are, and stay smaller
         self.wanted: dict[str, Optional[str]] = {}  # tracked variables (+ "database") this client expects
         self.refresh_needed = False  # a statement in flight may change tracked state: read it back afterwards
         self.last_insert_id = 0  # LAST_INSERT_ID() as this client's own statements left it
@@ -301,7 +302,7 @@ class MySession:
         if reason in self.pin_reasons:
             return
         self.pinned = True
-        self.pin_reasons.append(reason)
+        self.pin_reasons = [*self.pin_reasons, reason]
         action.new_pins.append((reason, statement_digest(sql)))
 
     # ------------------------------------------------------------------ backend -> client
@@ -319,7 +320,7 @@ class MySession:
     def reset(self, database: Optional[str]) -> None:
         """COM_RESET_CONNECTION / COM_CHANGE_USER: a fresh session (keeping the given current database)."""
         self.pinned = False
-        self.pin_reasons = []
+        self.pin_reasons = ()
         self.wanted = {"database": database} if database is not None else {}
         self.status = SERVER_STATUS_AUTOCOMMIT
         self.last_insert_id = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Optional
 
 from ..._codec import classify_pg
@@ -85,7 +86,7 @@ class PgSession:
         self.syncs_since_execute = 0
         self.status = READY_IDLE  # last ReadyForQuery transaction status
         self.pinned = False
-        self.pin_reasons: list[str] = []
+        self.pin_reasons: Sequence[str] = ()  # a list once pinned: most sessions never are, and stay smaller
         self.wanted: dict[str, str] = {}  # tracked session parameters, lower-case name -> value
         self.exclude_variable_sets = exclude_variable_sets
         self.failing: Optional[tuple[str, str]] = None  # (sqlstate, message) owed for the next request
@@ -221,7 +222,7 @@ class PgSession:
         if reason in self.pin_reasons:
             return
         self.pinned = True
-        self.pin_reasons.append(reason)
+        self.pin_reasons = [*self.pin_reasons, reason]
         batch.new_pins.append((reason, statement_digest(sql)))
 
     # ------------------------------------------------------------------ backend -> client
