@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Union
 import aiomysql
 import pymysql
 import pytest
+from pooltools import Gate, PeakSampler
 
 from rdsproxy import Proxy
 from rdsproxy.config import AuthConfig, EndpointConfig, ProxyConfig, ProxySettings, TargetGroupConfig
@@ -280,21 +281,6 @@ def error_sqlstate(exc: BaseException) -> Optional[str]:
     return getattr(exc, "sqlstate", None)  # PyMySQL >= 1.1 keeps the ERR packet's SQLSTATE
 
 
-class Gate:
-    """Lets `parties` tasks wait until all of them arrived (asyncio.Barrier needs Python 3.11)."""
-
-    def __init__(self, parties: int) -> None:
-        self.parties = parties
-        self.arrived = 0
-        self.open = asyncio.Event()
-
-    async def wait(self) -> None:
-        self.arrived += 1
-        if self.arrived >= self.parties:
-            self.open.set()
-        await asyncio.wait_for(self.open.wait(), POLL_TIMEOUT)
-
-
 async def hold_concurrent_transactions(clients: list[aiomysql.Connection], sql: str) -> list[dict[str, Any]]:
     """Run `sql` in a transaction on every client at once, each holding its transaction until all are
     inside: that takes one distinct backend per client."""
@@ -308,34 +294,6 @@ async def hold_concurrent_transactions(clients: list[aiomysql.Connection], sql: 
         return row
 
     return list(await asyncio.gather(*(one(client) for client in clients)))
-
-
-class PeakSampler:
-    """Samples a number every few milliseconds in the background and keeps the largest value."""
-
-    def __init__(self, sample: Callable[[], Awaitable[float]], interval: float = 0.003) -> None:
-        self._sample = sample
-        self._interval = interval
-        self.peak = float("-inf")
-        self.samples = 0
-        self._task: Optional[asyncio.Task] = None
-
-    async def _run(self) -> None:
-        while True:
-            value = await self._sample()
-            self.peak = max(self.peak, value)
-            self.samples += 1
-            await asyncio.sleep(self._interval)
-
-    def __enter__(self) -> PeakSampler:
-        self._task = asyncio.ensure_future(self._run())
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        assert self._task is not None
-        if self._task.done() and self._task.exception() is not None:
-            raise self._task.exception()  # type: ignore[misc]
-        self._task.cancel()
 
 
 class TransactionLoop:
