@@ -40,17 +40,6 @@ class BackendUnavailable(RdsProxyError):
         self.fatal_fields = fatal_fields
 
 
-class PooledBackend:
-    """What the pool needs from an engine's backend connection (duck-typed base for documentation)."""
-
-    key: PoolKey
-    idle_since: float
-    broken: bool
-
-    def close(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
 class _Waiter:
     __slots__ = ("key", "future", "enqueued")
 

@@ -1,10 +1,10 @@
-"""Test helpers shared by the pooling suites of both engines: a gathering gate and a peak sampler."""
+"""Test helpers shared by the suites of both engines: a gathering gate, a peak sampler, a bystander client."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 # How long a gate waits for the stragglers: reached only when a test is about to fail anyway.
 GATE_TIMEOUT = 20.0
@@ -51,3 +51,48 @@ class PeakSampler:
         if self._task.done() and self._task.exception() is not None:
             raise self._task.exception()  # type: ignore[misc]
         self._task.cancel()
+
+
+class BystanderLoop:
+    """A well-behaved client running short transactions until stopped, recording every error.
+
+    Subclasses say what one transaction is; the tests use it to prove other clients are unaffected.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.completed = 0
+        self.errors: list[BaseException] = []
+        self.stopping = False
+        self._task: Optional[asyncio.Task] = None
+
+    async def transaction(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        while not self.stopping:
+            try:
+                await self.transaction()
+                self.completed += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is a finding
+                self.errors.append(exc)
+                return
+            await asyncio.sleep(0.005)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def progress(self, transactions: int = 5, timeout: float = GATE_TIMEOUT) -> None:
+        """Wait until this loop has completed `transactions` more transactions (or failed)."""
+        target = self.completed + transactions
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.completed < target and not self.errors:
+            assert asyncio.get_running_loop().time() < deadline, "the bystander's transactions stopped progressing"
+            await asyncio.sleep(0.01)
+        assert not self.errors, f"a bystander client failed: {self.errors!r}"
+
+    async def stop(self, timeout: float = GATE_TIMEOUT) -> None:
+        self.stopping = True
+        if self._task is not None:
+            await asyncio.wait_for(self._task, timeout)
+        assert not self.errors, f"a bystander client failed: {self.errors!r}"

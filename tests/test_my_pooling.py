@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Union
 import aiomysql
 import pymysql
 import pytest
-from pooltools import Gate, PeakSampler
+from pooltools import BystanderLoop, Gate, PeakSampler
 
 from rdsproxy import Proxy
 from rdsproxy.config import AuthConfig, EndpointConfig, ProxyConfig, ProxySettings, TargetGroupConfig
@@ -296,43 +296,14 @@ async def hold_concurrent_transactions(clients: list[aiomysql.Connection], sql: 
     return list(await asyncio.gather(*(one(client) for client in clients)))
 
 
-class TransactionLoop:
-    """A well-behaved aiomysql client running short transactions until stopped; records every error."""
+class TransactionLoop(BystanderLoop):
+    """A bystander aiomysql client."""
 
-    def __init__(self, conn: aiomysql.Connection) -> None:
-        self.conn = conn
-        self.completed = 0
-        self.errors: list[BaseException] = []
-        self._stop = False
-        self._task: Optional[asyncio.Task] = None
-
-    async def _run(self) -> None:
-        while not self._stop:
-            try:
-                await self.conn.begin()
-                assert await fetch_value(self.conn, f"SELECT {self.completed} + 1") == self.completed + 1
-                await fetch_value(self.conn, "SELECT COUNT(*) FROM app.pin_items")
-                await self.conn.commit()
-                self.completed += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is a finding
-                self.errors.append(exc)
-                return
-            await asyncio.sleep(0.005)
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def progress(self, transactions: int = 5) -> None:
-        """Wait until this loop has completed `transactions` more transactions (or failed)."""
-        target = self.completed + transactions
-        await poll(lambda: self.completed >= target or bool(self.errors), "the transaction loop to progress")
-        assert not self.errors, f"a bystander client failed: {self.errors!r}"
-
-    async def stop(self) -> None:
-        self._stop = True
-        if self._task is not None:
-            await asyncio.wait_for(self._task, MESSAGE_TIMEOUT)
-        assert not self.errors, f"a bystander client failed: {self.errors!r}"
+    async def transaction(self) -> None:
+        await self.conn.begin()
+        assert await fetch_value(self.conn, f"SELECT {self.completed} + 1") == self.completed + 1
+        await fetch_value(self.conn, "SELECT COUNT(*) FROM app.pin_items")
+        await self.conn.commit()
 
 
 @contextlib.asynccontextmanager
@@ -346,7 +317,7 @@ async def transaction_loop(proxy: Proxy, server: MariaDBServer) -> AsyncIterator
         await loop.progress()
         await loop.stop()
     finally:
-        loop._stop = True
+        loop.stopping = True
         conn.close()
 
 

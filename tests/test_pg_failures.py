@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import asyncpg
 import psycopg
 import pytest
+from pooltools import BystanderLoop
 
 from rdsproxy import Proxy
 from rdsproxy.config import ProxyConfig
@@ -121,43 +122,14 @@ def no_backend_opening(proxy: Proxy) -> bool:
     return sum(target.pool.total for target in proxy.targets.all) == metric(proxy, "DatabaseConnections")
 
 
-class TransactionLoop:
-    """A well-behaved asyncpg client running short transactions until stopped; records every error."""
+class TransactionLoop(BystanderLoop):
+    """A bystander asyncpg client."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
-        self.completed = 0
-        self.errors: list[BaseException] = []
-        self._stop = False
-        self._task: Optional[asyncio.Task] = None
-
-    async def _run(self) -> None:
-        while not self._stop:
-            try:
-                async with self.conn.transaction():
-                    value = await self.conn.fetchval("SELECT $1::int + 1", self.completed)
-                    assert value == self.completed + 1
-                    await self.conn.execute("SELECT count(*) FROM pg_class")
-                self.completed += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is a finding
-                self.errors.append(exc)
-                return
-            await asyncio.sleep(0.005)
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def progress(self, transactions: int = 5) -> None:
-        """Wait until this loop has completed `transactions` more transactions (or failed)."""
-        target = self.completed + transactions
-        await wait_for(lambda: self.completed >= target or self.errors, "the transaction loop to progress")
-        assert not self.errors, f"a bystander client failed: {self.errors!r}"
-
-    async def stop(self) -> None:
-        self._stop = True
-        if self._task is not None:
-            await asyncio.wait_for(self._task, MESSAGE_TIMEOUT)
-        assert not self.errors, f"a bystander client failed: {self.errors!r}"
+    async def transaction(self) -> None:
+        async with self.conn.transaction():
+            value = await self.conn.fetchval("SELECT $1::int + 1", self.completed)
+            assert value == self.completed + 1
+            await self.conn.execute("SELECT count(*) FROM pg_class")
 
 
 @contextlib.asynccontextmanager
@@ -171,7 +143,7 @@ async def transaction_loop(proxy: Proxy, server: PostgresServer) -> AsyncIterato
         await loop.progress()
         await loop.stop()
     finally:
-        loop._stop = True
+        loop.stopping = True
         await conn.close(timeout=5)
 
 

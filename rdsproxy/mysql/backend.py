@@ -124,7 +124,6 @@ class MyBackend(BackendConnection):
         self.last_insert_id = 0
         self.client: Optional[MyClient] = None
         self.fatal_reason: Optional[str] = None
-        self._payloads: list[bytes] = []
         self._internal_for_client = False
         self._started: Optional[asyncio.Future] = None  # resolved when the handshake is over
 

@@ -76,7 +76,6 @@ class PgSession:
         "failing",
         "flush_pending",
         "discarding",
-        "debug_statements",
     )
 
     def __init__(self, *, exclude_variable_sets: bool = False) -> None:
@@ -92,7 +91,6 @@ class PgSession:
         self.failing: Optional[tuple[str, str]] = None  # (sqlstate, message) owed for the next request
         self.flush_pending = False  # the open batch holds a Flush: its sender may be waiting for replies now
         self.discarding = False  # this batch's error was sent: drop messages up to Sync, answer it with Z
-        self.debug_statements: Optional[list[tuple[str, bytes]]] = None
 
     # ------------------------------------------------------------------ startup
     def set_startup_params(self, params: dict[str, str]) -> None:
@@ -204,8 +202,6 @@ class PgSession:
         return batch
 
     def _inspect(self, sql: bytes, batch: ClientBatch) -> None:
-        if self.debug_statements is not None:
-            self.debug_statements.append(("statement", sql))
         if len(sql) > MAX_INSPECTED_STATEMENT:
             self._pin(REASON_TOO_LONG, sql, batch)
             return
