@@ -19,7 +19,6 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rdsproxy tests benchmarks
 	$(VENV)/bin/ruff format --check rdsproxy tests benchmarks
-	$(VENV)/bin/ruff format --check rdsproxy tests benchmarks
 
 system-deps:
 	bash scripts/install_system_deps.sh

@@ -88,6 +88,11 @@ def _throughput(entry: dict[str, Any]) -> Optional[str]:
         return f"{info['MB'] / median:,.1f} MB/s"
     if "statements" in info:
         return f"{info['statements'] / median:,.0f} statements/s"
+    if "observations" in info:
+        return f"{info['observations'] / median:,.0f} observations/s"
+    if "transactions" in info:
+        each_us = median / info["transactions"] * 1e6
+        return f"{info['transactions'] / median:,.0f} transactions/s ({each_us:.2f} us each)"
     return None
 
 

@@ -6,11 +6,14 @@ turns the medians into MB/s or statements/s and the compiled/pure speed-up.
 
 from __future__ import annotations
 
+import random
 import struct
+from collections import deque
 
 import pytest
 
 from rdsproxy._codec import IMPLEMENTATIONS
+from rdsproxy._codec.flags import PIN_MASK
 
 CHUNK = 65536  # what one socket read typically hands the proxy under load
 ROWS = 20_000
@@ -38,6 +41,10 @@ def _backend_stream(rows: int = ROWS) -> bytes:
 
 def _client_stream(transactions: int = ROWS) -> bytes:
     """What `pgbench -S -M extended` sends: Parse, Bind, Describe, Execute, Sync per transaction."""
+    return b"".join(_client_transactions(transactions))
+
+
+def _client_transactions(transactions: int) -> list[bytes]:
     sql = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
     parse = _message(b"P", _cstring(b"") + _cstring(sql) + struct.pack("!h", 0))
     describe = _message(b"D", b"P" + _cstring(b""))
@@ -48,7 +55,7 @@ def _client_stream(transactions: int = ROWS) -> bytes:
         value = str(aid * 7919 % 100_000 + 1).encode()
         bind_body = _cstring(b"") + _cstring(b"") + struct.pack("!hhi", 0, 1, len(value)) + value + b"\x00\x00"
         messages.append(parse + _message(b"B", bind_body) + describe + execute + sync)
-    return b"".join(messages)
+    return messages
 
 
 def _mysql_packet(sequence: int, payload: bytes) -> bytes:
@@ -128,6 +135,25 @@ def test_frame_client_stream(benchmark, impl):
     benchmark.extra_info["MB"] = len(stream) / 1e6
 
 
+@pytest.mark.benchmark(group="codec: pg PgRequestState.take_plain, one pgbench transaction per chunk (MB/s)")
+def test_account_client_requests(benchmark, impl):
+    # The proxy's hot path for client bytes: each chunk (here one extended-protocol transaction, as pgbench
+    # sends it) is accounted whole, its SQL classified, without framing it into a message list.
+    chunks = _client_transactions(ROWS)
+    framer = impl.ClientFramer()
+    framer.in_startup = False
+
+    def account() -> int:
+        state = impl.PgRequestState()
+        state.pin_mask = PIN_MASK
+        requests = sum(state.take_plain(framer, chunk) for chunk in chunks)
+        assert state.outstanding == ROWS
+        return requests
+
+    assert benchmark(account) == ROWS
+    benchmark.extra_info["MB"] = sum(map(len, chunks)) / 1e6
+
+
 @pytest.mark.benchmark(group="codec: MySQL response scanner, text result set (MB/s)")
 def test_scan_mysql_result_stream(benchmark, impl):
     stream = _mysql_result_stream()
@@ -171,3 +197,45 @@ def test_classify_mysql_mix(benchmark, impl):
 
     benchmark(run)
     benchmark.extra_info["statements"] = CLASSIFY_ROUNDS * len(MYSQL_SQL_MIX)
+
+
+LATENCY_OBSERVATIONS = 100_000
+
+
+def _latency_spread(count: int = LATENCY_OBSERVATIONS) -> list[int]:
+    """Microsecond latencies shaped like a busy proxy's: mostly sub-millisecond loopback and same-zone round trips,
+    a tail of slow queries, some zero-wait borrows and the odd multi-second outlier (fixed seed: repeatable)."""
+    rng = random.Random(20240607)
+    values = []
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.15:
+            values.append(0)
+        elif roll < 0.85:
+            values.append(int(rng.lognormvariate(5.5, 0.6)))  # ~250 us median
+        elif roll < 0.99:
+            values.append(int(rng.lognormvariate(8.5, 1.0)))  # ~5 ms median
+        else:
+            values.append(rng.randrange(1_000_000, 90_000_000))
+    return values
+
+
+@pytest.mark.benchmark(group="codec: Latency.observe (observations/s)")
+def test_latency_observe(benchmark, impl):
+    values = _latency_spread()
+
+    def run():
+        latency = impl.Latency()
+        # Driven from C (map into a zero-length deque): a Python for loop would add the same ~20 ns per value to
+        # both twins and hide what observe() itself costs.
+        deque(map(latency.observe, values), maxlen=0)
+        return latency
+
+    expected = IMPLEMENTATIONS["pure"].Latency()
+    for us in values:
+        expected.observe(us)
+    latency = benchmark(run)
+    # Twins agree, so both do the same work; and the spread reaches most buckets, not just one search path.
+    assert (latency.count, latency.sum_us, latency.buckets) == (expected.count, expected.sum_us, expected.buckets)
+    assert sum(1 for count in latency.buckets if count) >= len(latency.buckets) - 3
+    benchmark.extra_info["observations"] = len(values)

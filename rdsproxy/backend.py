@@ -20,6 +20,7 @@ class BackendConnection(asyncio.Protocol):
         self.address = address
         self.key = key  # the pool key (user, database or capability profile)
         self.owner = owner  # the engine: told when an idle backend dies
+        self.pool: Any = None  # the pool that counts this connection, once it joined one
         self.transport: Optional[asyncio.Transport] = None
         self.state = CONNECTING
         self.client: Any = None
@@ -70,19 +71,13 @@ class BackendConnection(asyncio.Protocol):
             self.owner.idle_backend_lost(self)
         return previous
 
-    # ------------------------------------------------------------------ pool hooks
-    def attach(self, client: Any) -> None:
-        self.client = client
-        self.state = ATTACHED
-
+    # ------------------------------------------------------------------ pool hooks (attaching and going idle
+    # are inlined by ClientConnection._attach and TargetPool._place: they happen once per transaction)
     def detach(self) -> None:
         self.client = None
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
-
-    def on_idle(self) -> None:
-        self.state = IDLE
 
     def pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None:

@@ -7,7 +7,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from .pool import BackendUnavailable, BorrowTimeout
+from .backend import ATTACHED
+from .pool import BackendUnavailable, BorrowTimeout, Waiter
 
 if TYPE_CHECKING:
     from .metrics import EndpointStats
@@ -50,6 +51,7 @@ class ClientConnection(asyncio.Protocol):
         "pending",
         "session",
         "_task",
+        "_waiter",
         "last_activity",
         "connected_at",
         "request_started",
@@ -70,6 +72,7 @@ class ClientConnection(asyncio.Protocol):
         self.backend: Any = None
         self.pending: Optional[list[bytes]] = None  # requests waiting for a backend
         self._task: Optional[asyncio.Future] = None
+        self._waiter: Optional[Waiter] = None  # queued in a pool for a backend
         self.last_activity = self.connected_at = time.monotonic()
         self.request_started = 0.0
         self.db_request_started = 0.0
@@ -95,6 +98,9 @@ class ClientConnection(asyncio.Protocol):
         self.engine.client_gone(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self._waiter is not None:
+            self._waiter.cancel()
+            self._waiter = None
         backend = self.backend
         if backend is not None:
             self.backend = None
@@ -149,23 +155,59 @@ class ClientConnection(asyncio.Protocol):
         """Send request bytes to this client's backend, borrowing one first when it has none."""
         if self.pending is not None:  # waiting for a backend, or for the proxy's own exchange on it
             self.pending.append(data)
+            # A client that keeps sending while it waits is stopped here, which bounds what it can queue. Not
+            # earlier: pausing every waiting client costs two epoll_ctl calls per borrow when the pool is busy.
+            self.pause_reading()
         elif self.backend is not None:
             self.backend.transport.write(data)
         else:
             self._borrow_and_send(data)
 
     def _borrow_and_send(self, data: bytes) -> None:
-        pool = self.engine.pool_for(self.endpoint_name)
-        backend = pool.try_borrow(self.key) if pool is not None else None
-        if backend is not None and self.sync_sql(backend) is None:
-            self._attach(backend)
-            backend.transport.write(data)
-            return
+        engine = self.engine
+        pool = engine.targets.pool_for(self.endpoint_name)
+        if pool is not None:
+            backend = pool.try_borrow(self.key)
+            if backend is not None and self.sync_sql(backend) is None:
+                self._attach(backend)
+                backend.transport.write(data)
+                return
         self.pending = [data]
-        self.pause_reading()
-        self._task = asyncio.ensure_future(self._borrow_slow(backend))
+        if pool is None:  # no healthy target right now: wait for one
+            self._task = asyncio.ensure_future(self._borrow_slow(None))
+        elif backend is None:
+            self._waiter = pool.borrow_later(self.key, self._borrowed, engine.borrow_timeout)
+        else:  # its session state must be brought in line first
+            self._task = asyncio.ensure_future(self._borrow_slow(backend))
+
+    def _borrowed(self, backend: Any, exc: Optional[BaseException]) -> bool:
+        """The pool's answer to this client's borrow: forward what waited, or fail it. Returns: backend taken."""
+        self._waiter = None
+        if self.state == CLOSED:
+            return False
+        if exc is not None:
+            if isinstance(exc, BorrowTimeout):
+                engine = self.engine
+                self._fail_pending(
+                    BORROW_TIMEOUT,
+                    f"{engine.proxy_name}: {exc} (connection_borrow_timeout={engine.borrow_timeout:g} s)",
+                )
+            else:
+                self._fail_pending(UNAVAILABLE, str(exc), getattr(exc, "sqlstate", None))
+            return False
+        if self.sync_sql(backend) is not None:
+            self._task = asyncio.ensure_future(self._borrow_slow(backend))
+            return True
+        self._attach(backend)
+        pending, self.pending = self.pending, None
+        if pending:
+            backend.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
+        if self.reading_paused:
+            self.resume_reading()
+        return True
 
     async def _borrow_slow(self, backend: Any) -> None:
+        """Wait for a healthy target (backend None), or bring a borrowed backend's session state in line first."""
         engine = self.engine
         syncing = False
         try:
@@ -181,6 +223,7 @@ class ClientConnection(asyncio.Protocol):
                     engine.return_clean(backend)
                     self.pending = None
                     self.invalid_settings(exc)
+                    self.resume_reading()
                     return
                 self.synced(backend)
                 syncing = False
@@ -218,7 +261,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _attach(self, backend: Any) -> None:
         self.backend = backend
-        backend.attach(self)
+        backend.client = self
+        backend.state = ATTACHED
         self.db_request_started = time.monotonic()
         if self.writing_paused:
             backend.pause_reading()
@@ -228,13 +272,18 @@ class ClientConnection(asyncio.Protocol):
         now = time.monotonic()
         self.last_activity = now  # a long query is activity: idleness starts when its answer is complete
         self.stats.QueryResponseLatency.observe(int((now - self.request_started) * 1_000_000))
-        self.engine.observe_db_latency(self, int((now - self.db_request_started) * 1_000_000))
+        backend = self.backend
+        if backend is None:
+            return
+        backend.pool.stats.QueryDatabaseResponseLatency.observe(int((now - self.db_request_started) * 1_000_000))
         self.db_request_started = now
         if self.session.releasable:
-            backend = self.backend
             self.backend = None
-            backend.detach()
-            self.engine.return_clean(backend)
+            if backend.reading_paused:
+                backend.detach()
+            else:
+                backend.client = None  # detach() without a call: this runs once per transaction
+            backend.pool.give_back(backend)
             if self.draining:
                 self.terminate(SHUTDOWN, "terminating connection because the proxy is shutting down")
 

@@ -21,6 +21,9 @@ debug_log = logging.getLogger("rdsproxy.debug")
 # How often work waiting for a healthy target looks again (health checks flip targets back every interval).
 TARGET_WAIT_POLL = 0.05
 
+# Distinct pool keys whose copies are shared between clients (Engine.shared_key); beyond it, each keeps its own.
+MAX_SHARED_KEYS = 10_000
+
 # Like PostgreSQL's authentication_timeout: a connection must finish startup and auth within this.
 AUTHENTICATION_TIMEOUT = 60.0
 
@@ -52,6 +55,7 @@ class Engine:
         self.clients: set = set()
         self.targets: Optional[Targets] = None
         self._passwords: dict[str, str] = {}
+        self._shared_keys: dict[Any, Any] = {}
         self.apply_config(config)
 
     def apply_config(self, config: ProxyConfig) -> None:
@@ -76,6 +80,19 @@ class Engine:
             self._passwords[user] = password
         return password
 
+    def shared_key(self, key: Any) -> Any:
+        """One copy of a pool key (and the strings in it) for all the clients that use it.
+
+        Ten thousand idle clients of one user would otherwise each hold their own user and database strings and
+        tuple; only authenticated clients' keys are shared, and only a bounded number of them.
+        """
+        shared = self._shared_keys.get(key)
+        if shared is None:
+            if len(self._shared_keys) >= MAX_SHARED_KEYS:
+                return key
+            shared = self._shared_keys[key] = key
+        return shared
+
     def client_factory(self, endpoint_name: str) -> Any:
         stats = self.metrics.endpoint(endpoint_name)
         client_class = self.client_class
@@ -86,8 +103,7 @@ class Engine:
 
     # ------------------------------------------------------------------ targets and pools
     def pool_for(self, endpoint_name: str) -> Optional[TargetPool]:
-        target = self.targets.for_endpoint(endpoint_name)  # type: ignore[union-attr]
-        return target.pool if target is not None else None
+        return self.targets.pool_for(endpoint_name)  # type: ignore[union-attr]
 
     async def borrow(self, endpoint_name: str, key: Any) -> Any:
         pool = self.pool_for(endpoint_name)
@@ -106,14 +122,16 @@ class Engine:
     def target_of(self, backend: Any) -> Target:
         return self.targets.by_address[backend.address]  # type: ignore[union-attr]
 
+    # A pooled backend knows the pool that counts it: the one it goes back to even if targets were reloaded.
     def return_clean(self, backend: Any) -> None:
-        self.target_of(backend).pool.give_back(backend)
+        backend.pool.give_back(backend)
 
     def discard_backend(self, backend: Any) -> None:
-        self.target_of(backend).pool.discard_borrowed(backend)
+        backend.pool.discard_borrowed(backend)
 
     def idle_backend_lost(self, backend: Any) -> None:
-        self.target_of(backend).pool.idle_backend_lost(backend)
+        if backend.pool is not None:  # else it died before its pool took it in: the pool's opener hears of it
+            backend.pool.idle_backend_lost(backend)
 
     def return_backend(self, client: Any, backend: Any) -> None:
         """A client left while holding a backend: reuse it only if provably clean."""
@@ -145,9 +163,9 @@ class Engine:
     # ------------------------------------------------------------------ metrics and logging
     def record_pins(self, client: Any, pins: list[tuple[str, str]]) -> None:
         if len(client.session.pin_reasons) == len(pins):  # the session just became pinned: one event
-            target = self.targets.for_endpoint(client.endpoint_name)  # type: ignore[union-attr]
-            if target is not None:
-                target.stats.record_pin(pins[0][0])
+            pool = self.pool_for(client.endpoint_name)
+            if pool is not None:
+                pool.stats.record_pin(pins[0][0])  # the pool's stats are its target's
         if self.debug_logging:
             for reason, digest in pins:
                 debug_log.info(
@@ -173,11 +191,6 @@ class Engine:
             in_txn, pinned = counts[target.address]
             target.stats.DatabaseConnectionsCurrentlyInTransaction = in_txn
             target.stats.DatabaseConnectionsCurrentlySessionPinned = pinned
-
-    def observe_db_latency(self, client: Any, micros: int) -> None:
-        backend = client.backend
-        if backend is not None:
-            self.target_of(backend).stats.QueryDatabaseResponseLatency.observe(micros)
 
     # ------------------------------------------------------------------ housekeeping
     def sweep_idle_clients(self, idle_timeout: float, now: Optional[float] = None) -> int:

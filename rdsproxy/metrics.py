@@ -33,7 +33,6 @@
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client.metrics_core import (
@@ -43,7 +42,11 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+
+# Latency is a codec: compiled (latency_c) unless RDSPROXY_NO_EXTENSIONS=1 picks the pure twin, because observe()
+# runs several times per proxied transaction. Its bucket bounds are defined once, in latency_py.
+from ._codec import Latency
+from ._codec.latency_py import LATENCY_BUCKET_BOUNDS_US
 
 __all__ = [
     "ENDPOINT_COUNTERS",
@@ -64,30 +67,6 @@ __all__ = [
 ]
 
 PROMETHEUS_PREFIX = "rdsproxy_"
-
-# Roughly 1-2.5-5 steps: fine enough to tell a loopback round trip from a cross-zone one, coarse enough that
-# every latency costs one short bisect.
-LATENCY_BUCKET_BOUNDS_US: tuple[int, ...] = (
-    50,
-    100,
-    250,
-    500,
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    30_000_000,
-    60_000_000,
-)
 
 ENDPOINT_GAUGES: tuple[str, ...] = ("ClientConnections", "ClientConnectionsTLS", "ClientConnectionsNoTLS")
 ENDPOINT_COUNTERS: tuple[str, ...] = (
@@ -165,38 +144,6 @@ def prometheus_name(metric_name: str) -> str:
     if metric_name in ENDPOINT_LATENCIES or metric_name in TARGET_LATENCIES:
         name += "_microseconds"
     return name
-
-
-_BUCKET_LABELS: tuple[str, ...] = (*(floatToGoString(bound) for bound in LATENCY_BUCKET_BOUNDS_US), "+Inf")
-
-
-class Latency:
-    """Microsecond latencies in fixed buckets: `buckets[i]` counts values in (bound[i-1], bound[i]]."""
-
-    __slots__ = ("count", "sum_us", "buckets")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.sum_us = 0
-        # One more slot than bounds: the overflow bucket (+Inf).
-        self.buckets: list[int] = [0] * (len(LATENCY_BUCKET_BOUNDS_US) + 1)
-
-    def observe(self, us: int) -> None:
-        self.count += 1
-        self.sum_us += us
-        self.buckets[bisect_left(LATENCY_BUCKET_BOUNDS_US, us)] += 1
-
-    def average(self) -> float:
-        return self.sum_us / self.count if self.count else 0.0
-
-    def cumulative_buckets(self) -> list[tuple[str, int]]:
-        """(le label, cumulative count) pairs ending with +Inf, as Prometheus histograms want them."""
-        running = 0
-        pairs = []
-        for label, bucket_count in zip(_BUCKET_LABELS, self.buckets):
-            running += bucket_count
-            pairs.append((label, running))
-        return pairs
 
 
 class EndpointStats:

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from .backend import IDLE
 from .errors import RdsProxyError
 
 if TYPE_CHECKING:
@@ -40,15 +41,28 @@ class BackendUnavailable(RdsProxyError):
         self.fatal_fields = fatal_fields
 
 
-class _Waiter:
-    __slots__ = ("key", "future", "enqueued")
+class Waiter:
+    """A queued borrow: `deliver(backend, None)` or `deliver(None, exc)` is called once, synchronously.
 
-    def __init__(self, key: PoolKey, future: asyncio.Future, enqueued: float):
+    `deliver` returns whether it took the backend (False: its borrower went away meanwhile, offer it to the next).
+    """
+
+    __slots__ = ("key", "deliver", "enqueued", "deadline", "timeout", "pool")
+
+    def __init__(self, key: PoolKey, deliver: Deliver, enqueued: float, timeout: float, pool: TargetPool):
         self.key = key
-        self.future = future
+        self.deliver = deliver
         self.enqueued = enqueued
+        self.timeout = timeout
+        self.deadline = enqueued + timeout
+        self.pool = pool
+
+    def cancel(self) -> None:
+        """The borrower no longer wants a backend (it closed)."""
+        self.pool._drop_waiter(self)
 
 
+Deliver = Callable[[Any, Optional[BaseException]], bool]
 Connector = Callable[[PoolKey], Awaitable[Any]]
 
 
@@ -80,25 +94,49 @@ class TargetPool:
         self._opening = 0
         self._total = 0  # open + opening backends: what counts against the budget
         self._borrowed = 0
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[Waiter] = deque()
+        self._expiry: Optional[asyncio.TimerHandle] = None
+        self._expiry_at = 0.0
         self._open_backends: set = set()  # every open backend of this pool, idle or borrowed
         self._closed = False
-        self.params_cache: dict[PoolKey, dict[str, str]] = {}
+        self.params_cache: dict[PoolKey, dict[str, str]] = {}  # the engine's: server settings per key
+        self.welcome_cache: dict[Any, bytes] = {}  # the engine's: encoded greetings per kind of session
         stats.MaxDatabaseConnectionsAllowed = limit
 
     # ------------------------------------------------------------------ borrowing
     def try_borrow(self, key: PoolKey) -> Any:
-        """An idle backend for `key` right now, or None (then call `borrow`)."""
+        """An idle backend for `key` right now, or None (then call `borrow_later` or `borrow`)."""
         # An idle backend for `key` implies nobody waits for `key` (it would have been handed over), so taking
         # it does not jump the FIFO queue.
         idle = self._idle.get(key)
         if idle:
             backend = idle.pop()  # LIFO: the warmest connection, and lets the coldest age out
             self._idle_count -= 1
-            self.stats.DatabaseConnectionRequests += 1
-            self._mark_borrowed(0.0)
+            stats = self.stats
+            stats.DatabaseConnectionRequests += 1
+            self._borrowed += 1
+            stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
+            stats.DatabaseConnectionsBorrowLatency.observe_zero()
             return backend
         return None
+
+    def borrow_later(self, key: PoolKey, deliver: Deliver, timeout: float) -> Waiter:
+        """Queue (FIFO) for a backend for `key`; `deliver` hears the backend or the error, synchronously.
+
+        No Task or future per waiting request: a backend given back is handed straight to the next borrower,
+        which forwards its request in the same callback (the saturated pool's hot path).
+        """
+        waiter = Waiter(key, deliver, time.monotonic(), timeout, self)
+        if self._closed:
+            deliver(None, BackendUnavailable("the proxy is shutting down", sqlstate="57P01"))
+            return waiter
+        self.stats.DatabaseConnectionRequests += 1
+        self._waiters.append(waiter)
+        if self._expiry is None or waiter.deadline < self._expiry_at:
+            self._arm_expiry(waiter.deadline)
+        if self._idle_count or self._total < self.limit:  # else nothing can be opened or evicted for it
+            self._make_room_for(waiter)
+        return waiter
 
     async def borrow(self, key: PoolKey, timeout: float) -> Any:
         """Wait (FIFO) for a backend for `key`; raises BorrowTimeout or BackendUnavailable."""
@@ -107,44 +145,72 @@ class TargetPool:
         backend = self.try_borrow(key)
         if backend is not None:
             return backend
-        self.stats.DatabaseConnectionRequests += 1
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(key, loop.create_future(), time.monotonic())
-        self._waiters.append(waiter)
-        self._make_room_for(waiter)
-        # a timer rather than wait_for(): no extra Task per waiting request on the saturated path
-        timer = loop.call_later(timeout, self._expire, waiter, timeout)
-        try:
-            return await waiter.future
-        except asyncio.CancelledError:
-            # the borrower went away; a backend handed over in that same instant must not be lost
-            self._drop_waiter(waiter)
-            future = waiter.future
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self.give_back(future.result())
-            raise
-        finally:
-            timer.cancel()
+        future = asyncio.get_running_loop().create_future()
 
-    def _expire(self, waiter: _Waiter, timeout: float) -> None:
-        if waiter.future.done():
+        def deliver(backend: Any, exc: Optional[BaseException]) -> bool:
+            if future.done():  # cancelled: the awaiting task is on its way out
+                return False
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(backend)
+            return True
+
+        waiter = self.borrow_later(key, deliver, timeout)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            waiter.cancel()
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.give_back(future.result())  # handed over in the same instant as the cancellation
+            raise
+
+    # One timer per pool, armed for the earliest deadline, rather than one per waiting request.
+    def _arm_expiry(self, deadline: float) -> None:
+        if self._expiry is not None and self._expiry_at <= deadline:
             return
-        self._drop_waiter(waiter)
-        self.stats.DatabaseConnectionBorrowTimeouts += 1
-        waiter.future.set_exception(BorrowTimeout(f"timed out after {timeout:g} s waiting for a database connection"))
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        self._expiry_at = deadline
+        self._expiry = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0.0), self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._expiry = None
+        now = time.monotonic()
+        due = [waiter for waiter in self._waiters if waiter.deadline <= now]
+        for waiter in due:
+            self._drop_waiter(waiter)
+            self.stats.DatabaseConnectionBorrowTimeouts += 1
+            waiter.deliver(
+                None, BorrowTimeout(f"timed out after {waiter.timeout:g} s waiting for a database connection")
+            )
+        if self._waiters:
+            self._arm_expiry(min(waiter.deadline for waiter in self._waiters))
+
+    def _take_waiter_for(self, key: PoolKey) -> Optional[Waiter]:
+        """The first waiter for `key`, out of the queue; usually the head (one key per pool is the common case)."""
+        waiters = self._waiters
+        if waiters[0].key == key:
+            return waiters.popleft()
+        for waiter in waiters:
+            if waiter.key == key:
+                waiters.remove(waiter)
+                return waiter
+        return None
 
     def _mark_borrowed(self, waited: float) -> None:
         self._borrowed += 1
         self.stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
         self.stats.DatabaseConnectionsBorrowLatency.observe(int(waited * 1_000_000))
 
-    def _drop_waiter(self, waiter: _Waiter) -> None:
+    def _drop_waiter(self, waiter: Waiter) -> None:
         try:
             self._waiters.remove(waiter)
         except ValueError:
             pass
 
-    def _make_room_for(self, waiter: _Waiter) -> None:
+    def _make_room_for(self, waiter: Waiter) -> None:
         """Open a connection for the head waiter if the budget allows, evicting an idle one of another key."""
         if self._closed:
             return
@@ -201,6 +267,7 @@ class TargetPool:
             backend.close()
             return
         backend.key = key
+        backend.pool = self
         self._open_backends.add(backend)
         self._place(backend)
 
@@ -208,9 +275,9 @@ class TargetPool:
         if not isinstance(exc, RdsProxyError):
             exc = BackendUnavailable(f"could not connect to the database: {exc}")
         for waiter in self._waiters:
-            if waiter.key == key and not waiter.future.done():
-                waiter.future.set_exception(exc)
+            if waiter.key == key:
                 self._drop_waiter(waiter)
+                waiter.deliver(None, exc)
                 return
 
     # ------------------------------------------------------------------ returning
@@ -230,17 +297,29 @@ class TargetPool:
         self._discard(backend)
 
     def _place(self, backend: Any) -> None:
-        key = backend.key
-        for waiter in self._waiters:
-            if waiter.key == key and not waiter.future.done():
-                self._waiters.remove(waiter)
-                self._mark_borrowed(time.monotonic() - waiter.enqueued)
-                waiter.future.set_result(backend)
+        waiters = self._waiters
+        while waiters:
+            waiter = self._take_waiter_for(backend.key)
+            if waiter is None:
+                break
+            self._mark_borrowed(time.monotonic() - waiter.enqueued)
+            try:
+                taken = waiter.deliver(backend, None)
+            except Exception:  # noqa: BLE001 - a borrower's bug must not lose the backend or the queue
+                log.exception("a borrower failed to take a backend of %s; closing that backend", self.address)
+                self.discard_borrowed(backend)
                 return
+            if taken:
+                return
+            self._borrowed -= 1  # its borrower went away meanwhile: offer it to the next one
+            self.stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
         backend.idle_since = time.monotonic()
-        self._idle.setdefault(key, []).append(backend)
+        idle = self._idle.get(backend.key)
+        if idle is None:
+            idle = self._idle[backend.key] = []
+        idle.append(backend)
         self._idle_count += 1
-        backend.on_idle()
+        backend.state = IDLE
         if self._waiters:
             # someone is waiting for another (user, database): this idle one may make room for them
             self._make_room_for(self._waiters[0])
@@ -307,10 +386,13 @@ class TargetPool:
 
     def close(self) -> None:
         self._closed = True
-        for waiter in list(self._waiters):
-            if not waiter.future.done():
-                waiter.future.set_exception(BackendUnavailable("the proxy is shutting down", sqlstate="57P01"))
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        waiters = list(self._waiters)
         self._waiters.clear()
+        for waiter in waiters:
+            waiter.deliver(None, BackendUnavailable("the proxy is shutting down", sqlstate="57P01"))
         for idle in self._idle.values():
             idle.clear()
         self._idle_count = 0

@@ -143,10 +143,15 @@ class Targets:
         self._reader_turn = (self._reader_turn + 1) % len(readers)
         return readers[self._reader_turn]
 
-    def for_endpoint(self, endpoint_name: str) -> Optional[Target]:
+    def pool_for(self, endpoint_name: str) -> Optional[TargetPool]:
+        """The pool of the target serving `endpoint_name` now (the writer, or the next reader), or None."""
         if self._endpoint_roles.get(endpoint_name) == "READ_ONLY":
-            return self.reader()
-        return self.writer()
+            target = self.reader()
+            return target.pool if target is not None else None
+        for target in self.all:  # writer(), inline: every borrow asks
+            if target.role == WRITER and target.healthy:
+                return target.pool
+        return None
 
     def healthy(self) -> bool:
         return self.writer() is not None

@@ -20,11 +20,12 @@ def load_implementation(name: str) -> CodecSet:
         pgframe = importlib.import_module(f"rdsproxy._codec.pgframe{suffix}")
         classify = importlib.import_module(f"rdsproxy._codec.classify{suffix}")
         myframe = importlib.import_module(f"rdsproxy._codec.myframe{suffix}")
+        latency = importlib.import_module(f"rdsproxy._codec.latency{suffix}")
     except ImportError:
         if name == "compiled" and extensions_disabled():
             pytest.skip("the compiled codecs are not built and RDSPROXY_NO_EXTENSIONS is set")
         raise  # a normal build must have them: fail rather than skip
-    return CodecSet(name, pgframe, classify, myframe)
+    return CodecSet(name, pgframe, classify, myframe, latency)
 
 
 def pg_message(msg_type: bytes, payload: bytes = b"") -> bytes:

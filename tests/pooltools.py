@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 # How long a gate waits for the stragglers: reached only when a test is about to fail anyway.
 GATE_TIMEOUT = 20.0
+
+
+POLL_TIMEOUT = 20.0
+
+
+async def poll(
+    condition: Callable[[], Any], what: str, *, want: Any = True, timeout: float = POLL_TIMEOUT, interval: float = 0.02
+) -> None:
+    """Wait until condition() (sync or async) is true, or equals `want` when one is given."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outcome = condition()
+        if isinstance(outcome, Awaitable):
+            outcome = await outcome
+        if bool(outcome) if want is True else outcome == want:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what} (last: {outcome!r})")
+        await asyncio.sleep(interval)
 
 
 class Gate:

@@ -708,3 +708,203 @@ def test_real_responses_random_chunks(impl, mode, cuts):
     stream, _ = recorded_stream(mode)
     whole = recorded_scanner(impl, mode).feed(stream)
     assert scan(recorded_scanner(impl, mode), chunks(stream, cuts)) == whole
+
+
+# ---------------------------------------------------------------------------------------------- the hot paths
+SELECT = my_packet(b"\x03SELECT c FROM sbtest1 WHERE id=42")
+EXECUTE = my_packet(b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00*\x00\x00\x00\x00\x00\x00\x00")
+EXECUTE_CURSOR = my_packet(b"\x17\x01\x00\x00\x00\x01\x01\x00\x00\x00")
+
+
+def test_take_command_takes_one_plain_query(impl):
+    framer = impl.MyClientFramer()
+    assert framer.take_command(SELECT) == COM_QUERY
+    assert framer.take_command(my_packet(b"\x03BEGIN")) == COM_QUERY
+    assert framer.take_command(my_packet(b"\x03")) == COM_QUERY  # an empty statement: the server answers it
+    assert framer.pending == 0
+    assert framer.feed(QUERY) == (QUERY, [(0, 0, len(QUERY), 9)])  # the framer was left as it was
+
+
+def test_take_command_takes_stmt_execute_and_says_whether_it_opens_a_cursor(impl):
+    framer = impl.MyClientFramer()
+    assert framer.take_command(EXECUTE) == COM_STMT_EXECUTE
+    assert framer.take_command(EXECUTE_CURSOR) == COM_STMT_EXECUTE | 0x100
+    assert framer.take_command(my_packet(b"\x17\x01\x00\x00\x00")) == COM_STMT_EXECUTE  # no flags byte
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        b"SET autocommit=0",
+        b"SET @x = 1",
+        b"USE app",
+        b"SELECT LAST_INSERT_ID()",
+        b"SELECT ROW_COUNT()",
+        b"KILL 7",
+        b"LOCK TABLES t WRITE",
+        b"SELECT GET_LOCK('a', 1)",
+        b"CREATE TEMPORARY TABLE t (a int)",
+        b"SELECT 1 /*!40101 , 2 */",
+        b"SELECT CONNECTION_ID()",
+        b"SELECT 'connection_id'",  # only mentioned, but the full path decides what to rewrite
+        b"select Connection_Id()",
+        b"SELECT '" + b"x" * (16 * 1024) + b"'",
+    ],
+)
+def test_take_command_leaves_statements_the_session_acts_on(impl, sql):
+    assert impl.MyClientFramer().take_command(my_packet(b"\x03" + sql)) == -1
+
+
+def test_take_command_inspection_limit(impl):
+    framer = impl.MyClientFramer()
+    assert impl.myframe.MAX_INSPECTED_STATEMENT == 16 * 1024
+    longest = b"SELECT '" + b"x" * (16 * 1024 - 9) + b"'"
+    assert len(longest) == 16 * 1024
+    assert framer.take_command(my_packet(b"\x03" + longest)) == COM_QUERY
+    assert framer.take_command(my_packet(b"\x03" + longest + b" ")) == -1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        my_packet(b""),  # an empty command packet
+        my_packet(b"\x03SELECT 1", 1),  # not a new command
+        SELECT + SELECT,  # more than one command
+        SELECT[:-1],  # incomplete
+        SELECT + b"\x01",
+        PING,
+        my_packet(b"\x01"),  # COM_QUIT
+        my_packet(b"\x16SELECT ?"),  # COM_STMT_PREPARE
+        my_packet(b"\x19\x01\x00\x00\x00"),  # COM_STMT_CLOSE
+        b"\xff\xff\xff\x00" + b"\x03" + b"x" * 20,  # a continued packet
+    ],
+)
+def test_take_command_leaves_everything_else(impl, data):
+    framer = impl.MyClientFramer()
+    assert framer.take_command(data) == -1
+    assert framer.pending == 0
+
+
+def test_take_command_needs_bytes(impl):
+    framer = impl.MyClientFramer()
+    assert framer.take_command(bytearray(SELECT)) == -1
+    assert framer.take_command(memoryview(SELECT)) == -1
+
+
+def test_take_command_respects_the_packet_limit(impl):
+    framer = impl.MyClientFramer(max_packet_size=10)
+    assert framer.take_command(my_packet(b"\x03SELECT 12")) == COM_QUERY  # 10 bytes
+    assert framer.take_command(my_packet(b"\x03SELECT 123")) == -1
+
+
+def test_take_command_not_while_bytes_are_held(impl):
+    framer = impl.MyClientFramer()
+    assert framer.feed(SELECT[:3]) == (b"", [])
+    assert framer.take_command(SELECT) == -1
+    assert framer.pending == 3
+
+
+def test_take_command_not_after_a_protocol_violation(impl):
+    framer = impl.MyClientFramer(max_packet_size=4)
+    with pytest.raises(ProtocolViolation):
+        framer.feed(SELECT)
+    framer.max_packet_size = 1000
+    assert framer.take_command(SELECT) == -1
+
+
+def done_answer(status: int, affected_rows: int = -1) -> int:
+    return (affected_rows + 1) << 17 | 1 << 16 | status
+
+
+def test_feed_done_packs_a_result_set(impl, deprecate_eof):
+    scanner = scanner_for(impl, deprecate_eof, COM_QUERY)
+    stream = my_stream(result_set(1, [text_row(b"abc")], deprecate_eof, status=AUTOCOMMIT))
+    assert scanner.feed_done(stream[:7]) == 0
+    assert scanner.feed_done(stream[7:]) == done_answer(AUTOCOMMIT)
+    assert scanner.take_events() == []
+    assert scanner.idle and (scanner.last_affected_rows, scanner.last_insert_id) == (-1, 0)
+
+
+def test_feed_done_packs_an_ok(impl):
+    scanner = scanner_for(impl, True, COM_QUERY, COM_QUERY)
+    assert scanner.feed_done(my_stream([ok_packet(IN_TRANS | AUTOCOMMIT, 70000)])) == done_answer(3, 70000)
+    assert scanner.feed_done(my_stream([ok_packet(0, 0)])) == done_answer(0, 0)  # status 0: still non-zero
+
+
+def test_feed_done_packs_an_executed_statement(impl, deprecate_eof):
+    scanner = scanner_for(impl, deprecate_eof, COM_STMT_EXECUTE)
+    stream = my_stream(result_set(2, [binary_row(b"x", None)], deprecate_eof, status=IN_TRANS))
+    assert scanner.feed_done(stream) == done_answer(IN_TRANS)
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [
+        [err_packet()],
+        [ok_packet(AUTOCOMMIT, 1, 7)],  # a last insert id
+        [ok_packet(AUTOCOMMIT, 1 << 40)],  # too many rows to pack
+        [b"\xfb/tmp/rows.csv"],  # LOCAL INFILE
+    ],
+)
+def test_feed_done_leaves_other_news_as_events(impl, payloads):
+    scanner = scanner_for(impl, True, COM_QUERY)
+    stream = my_stream(payloads)
+    expected = scanner_for(impl, True, COM_QUERY).feed(stream)
+    assert scanner.feed_done(stream) == -1
+    assert scanner.take_events() == expected
+    assert scanner.take_events() == []
+
+
+def test_feed_done_leaves_two_responses_as_events(impl):
+    scanner = scanner_for(impl, True, COM_QUERY, COM_QUERY)
+    stream = my_stream([ok_packet(AUTOCOMMIT)]) + my_stream([ok_packet(AUTOCOMMIT)])
+    assert scanner.feed_done(stream) == -1
+    assert [event[0] for event in scanner.take_events()] == [RESPONSE_DONE, RESPONSE_DONE]
+
+
+def test_feed_done_leaves_prepare_as_events(impl):
+    scanner = scanner_for(impl, True, COM_STMT_PREPARE)
+    assert scanner.feed_done(my_stream(prepare_response(5, 1, 1, True))) == -1
+    assert [event[0] for event in scanner.take_events()] == [PREPARE_OK, RESPONSE_DONE]
+
+
+def test_feed_done_status_never_seen(impl):
+    # COM_STATISTICS ends with the last status seen, -1 on a fresh connection: not packable
+    scanner = scanner_for(impl, True, COM_STATISTICS)
+    assert scanner.feed_done(my_stream([b"Uptime: 5"])) == -1
+    assert scanner.take_events() == [(RESPONSE_DONE, -1, 13, 0)]
+
+
+def test_feed_done_raises_like_feed(impl):
+    scanner = impl.MyResponseScanner(True)
+    with pytest.raises(ProtocolViolation, match="unexpected data"):
+        scanner.feed_done(my_stream([ok_packet()]))
+    with pytest.raises(ProtocolViolation, match="used after a protocol violation"):
+        scanner.feed_done(b"")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=response_scripts(st), cuts=st.lists(st.integers(min_value=1, max_value=3000), max_size=12))
+def test_feed_done_tells_what_feed_tells(impl, script, cuts):
+    deprecate, commands, stream, _ = script
+    scanners = [impl.MyResponseScanner(deprecate), impl.MyResponseScanner(deprecate)]
+    for scanner in scanners:
+        for command, cursor in commands:
+            scanner.expect(command, cursor=cursor)
+    plain, hot = scanners
+    for piece in chunks(stream, cuts):
+        events = plain.feed(piece)
+        done = hot.feed_done(piece)
+        if done > 0:
+            assert len(events) == 1
+            kind, status, _end, failed = events[0]
+            assert (kind, failed, status) == (RESPONSE_DONE, 0, done & 0xFFFF)
+            assert hot.last_insert_id == 0
+            assert hot.last_affected_rows == (done >> 17) - 1
+        elif done == 0:
+            assert events == []
+        else:
+            assert hot.take_events() == events != []
+        for name in ("at_boundary", "idle", "outstanding", "last_status", "last_affected_rows", "last_insert_id"):
+            assert getattr(hot, name) == getattr(plain, name), name

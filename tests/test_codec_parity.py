@@ -317,6 +317,73 @@ def test_my_response_scanner_parity_on_arbitrary_packets(twins, deprecate, cache
         assert_same_scanner_state(scanners)
 
 
+def client_commands():
+    """Single command packets as clients send them: queries over MySQL SQL, executes, and anything else."""
+    query = mysql_inputs.map(lambda sql: b"\x03" + sql)
+    execute = st.binary(max_size=12).map(lambda tail: b"\x17" + tail)
+    payloads = st.one_of(query, query, execute, st.binary(max_size=20))
+    return st.one_of(
+        st.builds(my_packet, payloads, st.sampled_from([0, 0, 0, 1, 255])),
+        st.lists(st.builds(my_packet, payloads), min_size=2, max_size=3).map(b"".join),
+        st.builds(lambda data, cut: data[:cut], st.builds(my_packet, payloads), st.integers(0, 30)),
+    )
+
+
+@PARITY
+@given(data=client_commands(), held=st.binary(max_size=3), limit=st.sampled_from([0, 16, 64 * 1024 * 1024]))
+def test_my_take_command_parity(twins, data, held, limit):
+    compiled, pure = twins
+    framers = [compiled.MyClientFramer(limit), pure.MyClientFramer(limit)]
+    for framer in framers:
+        framer.feed(held)
+    taken = [framer.take_command(data) for framer in framers]
+    assert taken[0] == taken[1]
+    # nothing changed: what feed() cuts afterwards is what it would have cut anyway
+    results = [outcome(lambda framer=framer: framer.feed(data)) for framer in framers]
+    assert results[0] == results[1]
+    if taken[0] >= 0:
+        assert not held
+        assert results[0] == ("ok", (data, [(0, 0, len(data), len(data) - 4)]))
+
+
+@PARITY
+@given(script=response_scripts(st), cuts=st.lists(st.integers(min_value=1, max_value=3000), max_size=12))
+def test_my_feed_done_parity(twins, script, cuts):
+    deprecate, commands, stream, _ = script
+    compiled, pure = twins
+    scanners = [compiled.MyResponseScanner(deprecate), pure.MyResponseScanner(deprecate)]
+    for scanner in scanners:
+        for command, cursor in commands:
+            scanner.expect(command, cursor=cursor)
+    for piece in chunks(stream, cuts):
+        assert scanners[0].feed_done(piece) == scanners[1].feed_done(piece)
+        assert scanners[0].take_events() == scanners[1].take_events()
+        assert_same_scanner_state(scanners)
+
+
+@PARITY
+@given(
+    deprecate=st.booleans(),
+    commands=st.lists(st.sampled_from([0x03, 0x09, 0x0E, 0x16, 0x17, 0x1C]), min_size=1, max_size=4),
+    payloads=st.lists(server_payloads, max_size=10),
+    cuts=st.lists(st.integers(min_value=1, max_value=600), max_size=8),
+)
+def test_my_feed_done_parity_on_arbitrary_packets(twins, deprecate, commands, payloads, cuts):
+    compiled, pure = twins
+    scanners = [compiled.MyResponseScanner(deprecate), pure.MyResponseScanner(deprecate)]
+    for scanner in scanners:
+        for command in commands:
+            scanner.expect(command)
+    stream = b"".join(my_packet(payload, seq) for seq, payload in enumerate(payloads))
+    for piece in chunks(stream, cuts):
+        results = [outcome(lambda scanner=scanner, piece=piece: scanner.feed_done(piece)) for scanner in scanners]
+        assert results[0] == results[1]
+        if results[0][0] == "error":
+            break
+        assert scanners[0].take_events() == scanners[1].take_events()
+        assert_same_scanner_state(scanners)
+
+
 def test_selector_exports_the_mysql_codecs():
     active = codec.IMPLEMENTATIONS["pure" if codec.extensions_disabled() else "compiled"]
     assert codec.MyClientFramer is active.MyClientFramer is active.myframe.MyClientFramer

@@ -9,15 +9,14 @@ import shutil
 import socket
 import struct
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import aiomysql
 import pymysql
 import pytest
-from pooltools import BystanderLoop, Gate, PeakSampler
+from pooltools import POLL_TIMEOUT, BystanderLoop, Gate, PeakSampler, poll
 
 from rdsproxy import Proxy
 from rdsproxy.config import AuthConfig, EndpointConfig, ProxyConfig, ProxySettings, TargetGroupConfig
@@ -29,7 +28,6 @@ from rdsproxy.testing import MariaDBServer, running_proxy, start_mariadb
 # MariaDB keeps one slot of max_connections for the proxy's health check: the budget is a percentage of 20.
 SERVER_MAX_CONNECTIONS = 21
 PERCENT_FOR_POOL_SIZE = {1: 5, 2: 10, 4: 20, 10: 50}
-POLL_TIMEOUT = 20.0
 MESSAGE_TIMEOUT = 20.0
 APP = MariaDBServer.app_database
 RELOAD_USER = "reloader"  # FLUSH TABLES WITH READ LOCK needs the RELOAD privilege
@@ -174,22 +172,6 @@ async def pooled_proxy(server: MariaDBServer, *, pool_size: int, **config: Any) 
         assert proxy.metrics()["MaxDatabaseConnectionsAllowed"] == pool_size
         yield proxy
     await poll(lambda: proxy_sessions_on_server(server), "the proxy's connections to leave the server", want=0)
-
-
-async def poll(
-    condition: Callable[[], Any], what: str, *, want: Any = True, timeout: float = POLL_TIMEOUT, interval: float = 0.02
-) -> None:
-    """Wait until condition() (sync or async) returns `want`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        outcome = condition()
-        if isinstance(outcome, Awaitable):
-            outcome = await outcome
-        if outcome == want:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:g} s waiting for {what} (last: {outcome!r})")
-        await asyncio.sleep(interval)
 
 
 def metric(proxy: Proxy, name: str) -> float:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import asyncpg
 import psycopg
 import pytest
-from pooltools import BystanderLoop
+from pooltools import BystanderLoop, poll
 
 from rdsproxy import Proxy
 from rdsproxy.config import ProxyConfig
@@ -293,6 +293,35 @@ async def test_borrow_timeout_simple_protocol_keeps_the_client(server: PostgresS
         finally:
             await holder.close(timeout=5)
             await waiter.close(timeout=5)
+
+
+async def test_a_client_waiting_for_a_backend_is_paused_only_when_it_sends_more(server: PostgresServer) -> None:
+    # Waiting for a backend, a client's request is held without pausing its socket (pausing costs two epoll_ctl
+    # per borrow on a busy pool); a client that keeps sending is paused, so what it can queue stays bounded.
+    async with running_proxy(single_backend_config(server, connection_borrow_timeout=30)) as proxy:
+        holder = await connect_asyncpg(proxy, server)
+        raw = await raw_login(proxy, server)
+        try:
+            await holder.execute("BEGIN")  # holds the only backend
+            (client,) = [c for c in proxy.engine.clients if c.process_id == raw.process_id]
+
+            raw.send(messages.query("SELECT 1"))
+            await poll(lambda: client.pending is not None, "the request to wait for a backend")
+            assert not client.reading_paused
+
+            raw.send(messages.query("SELECT 2"))
+            await poll(lambda: client.reading_paused, "the proxy to stop reading the client")
+            raw.send(messages.query("SELECT 3"))  # stays in the socket until a backend comes
+            await asyncio.sleep(0.3)
+            assert client.pending == [messages.query("SELECT 1"), messages.query("SELECT 2")]
+
+            await holder.execute("COMMIT")
+            answers = [data_rows(await raw.until_ready()) for _ in range(3)]
+            assert answers == [[["1"]], [["2"]], [["3"]]]
+            assert not client.reading_paused and client.pending is None
+        finally:
+            await holder.close(timeout=5)
+            raw.close()
 
 
 async def test_borrow_timeout_extended_protocol_keeps_the_client(server: PostgresServer) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Callable, Optional, Union
@@ -13,7 +12,7 @@ from typing import Any, Callable, Optional, Union
 import asyncpg
 import psycopg
 import pytest
-from pooltools import Gate, PeakSampler
+from pooltools import POLL_TIMEOUT, Gate, PeakSampler, poll
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.rows import dict_row
 
@@ -25,7 +24,6 @@ from rdsproxy.testing import PostgresServer, running_proxy, start_postgres
 # 24 - 3 superuser slots - 1 health-check slot = 20 connections the pool budget is a percentage of.
 SERVER_MAX_CONNECTIONS = 24
 PERCENT_FOR_POOL_SIZE = {1: 5, 2: 10, 4: 20, 10: 50}
-POLL_TIMEOUT = 20.0
 
 # Everything a session could carry over to whoever gets its backend next, in one row.
 SESSION_STATE_SQL = """
@@ -124,19 +122,6 @@ async def pooled_proxy(server: PostgresServer, *, pool_size: int, **config: Any)
 
 def app_backends_on_server(server: PostgresServer) -> int:
     return int(server.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"))
-
-
-async def poll(condition: Callable[[], Union[bool, Awaitable[bool]]], what: str) -> None:
-    deadline = time.monotonic() + POLL_TIMEOUT
-    while True:
-        outcome = condition()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {POLL_TIMEOUT:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def connect_asyncpg(proxy: Proxy, server: PostgresServer, **kwargs: Any) -> asyncpg.Connection:

@@ -14,6 +14,7 @@ class CodecSet(NamedTuple):
     pgframe: ModuleType
     classify: ModuleType
     myframe: ModuleType
+    latency: ModuleType
 
     @property
     def ClientFramer(self) -> type:
@@ -22,6 +23,10 @@ class CodecSet(NamedTuple):
     @property
     def ServerScanner(self) -> type:
         return self.pgframe.ServerScanner
+
+    @property
+    def PgRequestState(self) -> type:
+        return self.pgframe.PgRequestState
 
     @property
     def classify_pg(self) -> Callable[[bytes], int]:
@@ -39,6 +44,10 @@ class CodecSet(NamedTuple):
     def classify_mysql(self) -> Callable[..., int]:
         return self.classify.classify_mysql
 
+    @property
+    def Latency(self) -> type:
+        return self.latency.Latency
+
 
 def extensions_disabled() -> bool:
     """True when RDSPROXY_NO_EXTENSIONS asks for the pure-Python twins (set, non-empty and not "0")."""
@@ -48,16 +57,16 @@ def extensions_disabled() -> bool:
 
 def _load_compiled() -> CodecSet | None:
     try:
-        from . import classify_c, myframe_c, pgframe_c
+        from . import classify_c, latency_c, myframe_c, pgframe_c
     except ImportError:
         return None
-    return CodecSet("compiled", pgframe_c, classify_c, myframe_c)
+    return CodecSet("compiled", pgframe_c, classify_c, myframe_c, latency_c)
 
 
 def _load_pure() -> CodecSet:
-    from . import classify_py, myframe_py, pgframe_py
+    from . import classify_py, latency_py, myframe_py, pgframe_py
 
-    return CodecSet("pure", pgframe_py, classify_py, myframe_py)
+    return CodecSet("pure", pgframe_py, classify_py, myframe_py, latency_py)
 
 
 IMPLEMENTATIONS: dict[str, CodecSet] = {"pure": _load_pure()}
@@ -71,6 +80,7 @@ del _compiled
 
 ClientFramer = ACTIVE.pgframe.ClientFramer
 ServerScanner = ACTIVE.pgframe.ServerScanner
+PgRequestState = ACTIVE.pgframe.PgRequestState
 classify_pg = ACTIVE.classify.classify_pg
 MyClientFramer = ACTIVE.myframe.MyClientFramer
 MyResponseScanner = ACTIVE.myframe.MyResponseScanner
@@ -80,6 +90,7 @@ mysql_session_function_items = ACTIVE.classify.mysql_session_function_items
 mysql_select_of_session_functions = ACTIVE.classify.mysql_select_of_session_functions
 parse_kill = ACTIVE.classify.parse_kill
 tokenize = ACTIVE.classify.tokenize
+Latency = ACTIVE.latency.Latency
 
 __all__ = [
     "ACTIVE",
@@ -87,8 +98,10 @@ __all__ = [
     "IMPLEMENTATIONS",
     "ClientFramer",
     "CodecSet",
+    "Latency",
     "MyClientFramer",
     "MyResponseScanner",
+    "PgRequestState",
     "ServerScanner",
     "classify_mysql",
     "classify_pg",

@@ -8,6 +8,7 @@ from libc.string cimport memcpy
 from collections import deque
 
 from ..errors import ProtocolViolation
+from .classify_c import classify_mysql
 
 __all__ = [
     "COM_CHANGE_USER",
@@ -29,6 +30,7 @@ __all__ = [
     "COM_STMT_SEND_LONG_DATA",
     "DEFAULT_MAX_PACKET_SIZE",
     "LOCAL_INFILE",
+    "MAX_INSPECTED_STATEMENT",
     "MAX_PHYSICAL_PAYLOAD",
     "PREPARE_OK",
     "RESPONSE_DONE",
@@ -58,6 +60,15 @@ cdef enum:
     CMD_STMT_PREPARE = 0x16
     CMD_STMT_EXECUTE = 0x17
     CMD_STMT_FETCH = 0x1C
+    CMD_QUERY = 0x03
+    # Statements longer than this pin the session (RDS Proxy's rule): take_command leaves them to the full path.
+    INSPECT_LIMIT = 16 * 1024
+    # Packed answers of MyResponseScanner.feed_done: the low 16 bits hold the final status flags.
+    DONE_BIT = 1 << 16  # one response completed (keeps the answer non-zero whatever the status)
+    AFFECTED_SHIFT = 17  # affected rows + 1 above it (0: none, i.e. -1, after a result set)
+
+# Larger affected row counts (never seen in practice) go the event-list way.
+cdef unsigned long long MAX_PACKED_AFFECTED = 1ULL << 40
 
 # Where a response stands, by the kind of packet expected next.
 cdef enum:
@@ -74,6 +85,7 @@ cdef enum:
 
 MAX_PHYSICAL_PAYLOAD = MAX_PHYSICAL
 DEFAULT_MAX_PACKET_SIZE = 64 * 1024 * 1024
+MAX_INSPECTED_STATEMENT = INSPECT_LIMIT
 
 RESPONSE_DONE = EV_RESPONSE_DONE
 LOCAL_INFILE = EV_LOCAL_INFILE
@@ -81,7 +93,7 @@ PREPARE_OK = EV_PREPARE_OK
 
 COM_QUIT = 0x01
 COM_INIT_DB = 0x02
-COM_QUERY = 0x03
+COM_QUERY = CMD_QUERY
 COM_FIELD_LIST = CMD_FIELD_LIST
 COM_STATISTICS = CMD_STATISTICS
 COM_PROCESS_KILL = 0x0C
@@ -119,6 +131,23 @@ _UNSCANNABLE_COMMANDS = {
 
 cdef inline Py_ssize_t read_length(const unsigned char* p) noexcept nogil:
     return <Py_ssize_t>p[0] | (<Py_ssize_t>p[1] << 8) | (<Py_ssize_t>p[2] << 16)
+
+
+cdef bint mentions_connection_id(const unsigned char* p, Py_ssize_t size) noexcept nogil:
+    """Whether p[:size] contains "connection_id" in any ASCII case (what bytes.lower() then `in` would find)."""
+    cdef const char* word = b"connection_id"
+    cdef Py_ssize_t i, k
+    cdef unsigned char c
+    for i in range(size - 12):
+        for k in range(13):
+            c = p[i + k]
+            if 65 <= c <= 90:
+                c += 32
+            if c != <unsigned char>word[k]:
+                break
+        else:
+            return True
+    return False
 
 
 cdef class MyClientFramer:
@@ -235,6 +264,35 @@ cdef class MyClientFramer:
                 return header
         return header + 4
 
+    def take_command(self, data) -> int:
+        """The forwarding hot path: whether `data` is exactly one plain command that may be forwarded as it is.
+
+        Taken: `data` is one whole single-packet command with sequence id 0 (nothing held back) that is a
+        COM_QUERY whose SQL classify_mysql gives no flag at all (and that does not mention CONNECTION_ID), or a
+        COM_STMT_EXECUTE; returns its command byte, with 0x100 added for a COM_STMT_EXECUTE that opens a cursor.
+        Otherwise -1, with nothing consumed or changed: feed() and the session's full path handle it.
+        """
+        if type(data) is not bytes or self._broken or PyByteArray_GET_SIZE(self._held):
+            return -1
+        cdef bytes chunk = <bytes>data
+        cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(chunk)
+        cdef Py_ssize_t total = PyBytes_GET_SIZE(chunk)
+        if total < 5:
+            return -1
+        cdef Py_ssize_t length = read_length(src)
+        if length + 4 != total or length >= MAX_PHYSICAL or length > self._max_packet_size or src[3]:
+            return -1
+        cdef unsigned char command = src[4]
+        if command == CMD_QUERY:
+            if length - 1 > INSPECT_LIMIT or mentions_connection_id(src + 5, length - 1):
+                return -1
+            if <long long>classify_mysql(chunk[5:]):
+                return -1
+            return CMD_QUERY
+        if command == CMD_STMT_EXECUTE:
+            return CMD_STMT_EXECUTE | 0x100 if length > 5 and src[9] else CMD_STMT_EXECUTE
+        return -1
+
 
 def packet_payload(buf, Py_ssize_t start, Py_ssize_t end) -> bytes:
     """The reassembled payload of the logical packet buf[start:end] (its 4-byte headers stripped)."""
@@ -316,6 +374,7 @@ cdef class MyResponseScanner:
     cdef Py_ssize_t _head_missing
     cdef Py_ssize_t _first_length  # payload length of the first physical packet of the current logical packet
     cdef bint _broken
+    cdef list _events  # of the last feed_done() that returned -1
 
     def __init__(self, deprecate_eof: bool, cache_metadata: bool = False) -> None:
         # deprecate_eof: CLIENT_DEPRECATE_EOF negotiated on this connection; cache_metadata: MariaDB's
@@ -385,6 +444,7 @@ cdef class MyResponseScanner:
         self._head_missing = 0
         self._first_length = 0
         self._broken = False
+        self._events = None
 
     def expect(self, command: int, *, cursor: bool = False) -> None:
         """A command was sent to the server: queue its response grammar (FIFO; pipelined commands allowed)."""
@@ -414,6 +474,9 @@ cdef class MyResponseScanner:
 
     def feed(self, data) -> list:
         """Scans one chunk; returns events (kind, status_flags, end offset in this chunk, extra)."""
+        return self._feed(data)
+
+    cdef list _feed(self, data):
         if self._broken:
             raise ProtocolViolation("server response scanner used after a protocol violation")
         if type(data) is not bytes:
@@ -426,6 +489,37 @@ cdef class MyResponseScanner:
             self._broken = True
             raise
         return events
+
+    def feed_done(self, data) -> int:
+        """Scans one chunk for the forwarding hot path: its news packed in an int instead of an event list.
+
+        Returns 0 when the chunk completed nothing; `(affected rows + 1) << 17 | 1 << 16 | status` when it
+        completed exactly one response, without error, whose final OK/EOF left status flags `status` and no last
+        insert id (affected rows -1, i.e. 0 above bit 17, when it ended with a result set); otherwise -1, and
+        take_events() returns the events feed() would have.
+        """
+        cdef list events = self._feed(data)
+        if not events:
+            return 0
+        cdef tuple event
+        cdef object status
+        cdef unsigned long long affected
+        if len(events) == 1:
+            event = <tuple>events[0]
+            status = event[1]
+            if <int>event[0] == EV_RESPONSE_DONE and not event[3] and 0 <= status <= 0xFFFF \
+                    and self._last_insert_id == 0 \
+                    and (not self._last_affected_known or self._last_affected_rows < MAX_PACKED_AFFECTED):
+                affected = self._last_affected_rows + 1 if self._last_affected_known else 0
+                return <long long>((affected << AFFECTED_SHIFT) | DONE_BIT | <long>status)
+        self._events = events
+        return -1
+
+    def take_events(self) -> list:
+        """The events of the last feed_done() that returned -1."""
+        events = self._events
+        self._events = None
+        return events if events is not None else []
 
     cdef int _scan(self, const unsigned char* src, Py_ssize_t total, list events) except -1:
         cdef Py_ssize_t pos = 0

@@ -6,6 +6,7 @@ from collections import deque
 from typing import Union
 
 from ..errors import ProtocolViolation
+from .classify_py import classify_mysql
 
 __all__ = [
     "COM_CHANGE_USER",
@@ -27,6 +28,7 @@ __all__ = [
     "COM_STMT_SEND_LONG_DATA",
     "DEFAULT_MAX_PACKET_SIZE",
     "LOCAL_INFILE",
+    "MAX_INSPECTED_STATEMENT",
     "MAX_PHYSICAL_PAYLOAD",
     "PREPARE_OK",
     "RESPONSE_DONE",
@@ -44,6 +46,8 @@ __all__ = [
 
 MAX_PHYSICAL_PAYLOAD = 0xFFFFFF  # a physical packet this long is continued by the next one
 DEFAULT_MAX_PACKET_SIZE = 64 * 1024 * 1024
+# Statements longer than this pin the session (RDS Proxy's rule): take_command leaves them to the full path.
+MAX_INSPECTED_STATEMENT = 16 * 1024
 
 # MyResponseScanner event kinds
 RESPONSE_DONE = 1
@@ -100,6 +104,11 @@ _UNSCANNABLE_COMMANDS = {
     G_FIELDS,  # COM_FIELD_LIST: column definitions until EOF
     G_SINGLE,  # COM_STATISTICS: one packet of any content
 ) = range(10)
+
+# Packed answers of MyResponseScanner.feed_done: the low 16 bits hold the final status flags.
+DONE_BIT = 1 << 16  # one response completed (keeps the answer non-zero whatever the status)
+AFFECTED_SHIFT = 17  # affected rows + 1 above it (0: none, i.e. -1, after a result set)
+_MAX_PACKED_AFFECTED = 1 << 40  # larger counts (never seen in practice) go the event-list way
 
 # The most a decision reads of a packet's payload: an OK header with two 9-byte lenenc ints and the status.
 HEAD_SIZE = 24
@@ -215,6 +224,34 @@ class MyClientFramer:
                 return header
         return header + 4
 
+    def take_command(self, data: bytes) -> int:
+        """The forwarding hot path: whether `data` is exactly one plain command that may be forwarded as it is.
+
+        Taken: `data` is one whole single-packet command with sequence id 0 (nothing held back) that is a
+        COM_QUERY whose SQL classify_mysql gives no flag at all (and that does not mention CONNECTION_ID), or a
+        COM_STMT_EXECUTE; returns its command byte, with 0x100 added for a COM_STMT_EXECUTE that opens a cursor.
+        Otherwise -1, with nothing consumed or changed: feed() and the session's full path handle it.
+        """
+        if type(data) is not bytes or self._broken or self._held:
+            return -1
+        total = len(data)
+        if total < 5:
+            return -1
+        length = _read_length(data, 0)
+        if length + 4 != total or length >= MAX_PHYSICAL_PAYLOAD or length > self._max_packet_size or data[3]:
+            return -1
+        command = data[4]
+        if command == COM_QUERY:
+            if length - 1 > MAX_INSPECTED_STATEMENT:
+                return -1
+            sql = data[5:]
+            if b"connection_id" in sql.lower() or classify_mysql(sql):
+                return -1
+            return COM_QUERY
+        if command == COM_STMT_EXECUTE:
+            return COM_STMT_EXECUTE | 0x100 if length > 5 and data[9] else COM_STMT_EXECUTE
+        return -1
+
 
 def packet_payload(buf: BytesLike, start: int, end: int) -> bytes:
     """The reassembled payload of the logical packet buf[start:end] (its 4-byte headers stripped)."""
@@ -323,6 +360,7 @@ class MyResponseScanner:
         self._head_missing = 0
         self._first_length = 0  # payload length of the first physical packet of the current logical packet
         self._broken = False
+        self._events: list[tuple[int, int, int, int]] | None = None  # of the last feed_done() that returned -1
 
     def expect(self, command: int, *, cursor: bool = False) -> None:
         """A command was sent to the server: queue its response grammar (FIFO; pipelined commands allowed)."""
@@ -362,6 +400,37 @@ class MyResponseScanner:
             self._broken = True
             raise
         return events
+
+    def feed_done(self, data: bytes) -> int:
+        """Scans one chunk for the forwarding hot path: its news packed in an int instead of an event list.
+
+        Returns 0 when the chunk completed nothing; `(affected rows + 1) << 17 | 1 << 16 | status` when it
+        completed exactly one response, without error, whose final OK/EOF left status flags `status` and no last
+        insert id (affected rows -1, i.e. 0 above bit 17, when it ended with a result set); otherwise -1, and
+        take_events() returns the events feed() would have.
+        """
+        events = self.feed(data)
+        if not events:
+            return 0
+        if len(events) == 1:
+            kind, status, _end, failed = events[0]
+            affected = self._last_affected_rows
+            if (
+                kind == RESPONSE_DONE
+                and not failed
+                and 0 <= status <= 0xFFFF
+                and not self._last_insert_id
+                and affected < _MAX_PACKED_AFFECTED
+            ):
+                return (affected + 1) << AFFECTED_SHIFT | DONE_BIT | status
+        self._events = events
+        return -1
+
+    def take_events(self) -> list[tuple[int, int, int, int]]:
+        """The events of the last feed_done() that returned -1."""
+        events = self._events
+        self._events = None
+        return events if events is not None else []
 
     def _scan(self, data: bytes, events: list[tuple[int, int, int, int]]) -> None:
         total = len(data)

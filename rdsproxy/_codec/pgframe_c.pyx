@@ -9,9 +9,10 @@ from cpython.bytearray cimport (
 )
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, uint32_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memchr, memcpy, memset
 
 from ..errors import ProtocolViolation
+from .classify_c import classify_pg
 
 __all__ = [
     "DEFAULT_INTERESTING",
@@ -21,6 +22,7 @@ __all__ = [
     "MIN_STARTUP_LENGTH",
     "SSL_REQUEST_CODE",
     "ClientFramer",
+    "PgRequestState",
     "ServerScanner",
 ]
 
@@ -190,6 +192,7 @@ cdef class ServerScanner:
     cdef int _body_type
     cdef bytearray _body
     cdef bint _broken
+    cdef list _events  # the last feed_ready() chunk's events, when they were more than ReadyForQuery
 
     def __init__(self, interesting: bytes = DEFAULT_INTERESTING) -> None:
         self.interesting = interesting
@@ -223,6 +226,34 @@ cdef class ServerScanner:
 
     def feed(self, data) -> list:
         """Scans one chunk; returns (type, payload, end offset in this chunk) of each interesting message completed."""
+        return self._feed(data)
+
+    def feed_ready(self, data) -> int:
+        """Scans one chunk for the forwarding hot path: how many ReadyForQuery it completed, without a list.
+
+        Returns `count << 8 | last transaction status byte` (0: nothing interesting) when the chunk's interesting
+        messages are all ReadyForQuery; otherwise -1, and take_events() returns them all, as feed() would have.
+        """
+        cdef list events = self._feed(data)
+        cdef Py_ssize_t count = len(events)
+        cdef int status = 0
+        cdef tuple event
+        cdef bytes payload
+        for event in events:
+            payload = <bytes>event[1]
+            if <int>event[0] != 90 or PyBytes_GET_SIZE(payload) != 1:  # 'Z' with its one status byte
+                self._events = events
+                return -1
+            status = <unsigned char>PyBytes_AS_STRING(payload)[0]
+        return (count << 8) | status if count else 0
+
+    def take_events(self) -> list:
+        """The events of the last feed_ready() that returned -1."""
+        events = self._events
+        self._events = None
+        return events if events is not None else []
+
+    cdef list _feed(self, data):
         if self._broken:
             raise ProtocolViolation("server scanner used after a protocol violation")
         if type(data) is not bytes:
@@ -294,3 +325,123 @@ cdef class ServerScanner:
                 self._remaining = body_size - available
                 pos = total
         return events
+
+
+cdef class PgRequestState:
+    """The request accounting of one PostgreSQL client session, and its compiled fast path.
+
+    `take_plain` accounts a chunk of ordinary requests (the whole chunk complete messages: simple queries and
+    unnamed extended batches whose SQL does not pin) without building a message list; anything else is left to
+    the full path (PgSession.client_messages) by returning -1 with nothing consumed or changed.
+    """
+
+    cdef public long long outstanding  # requests sent whose ReadyForQuery has not come back yet
+    cdef public bint batch_open  # extended-protocol messages sent since the last Sync
+    cdef public bint copy_in  # backend is in COPY FROM STDIN: the client's Syncs are ignored by it
+    cdef public long long syncs_since_execute
+    cdef public int status  # last ReadyForQuery transaction status
+    cdef public bint pinned
+    cdef public object failing  # (sqlstate, message) owed for the next request
+    cdef public bint flush_pending  # the open batch holds a Flush: its sender may be waiting for replies now
+    cdef public bint discarding  # this batch's error was sent: drop messages up to Sync, answer it with Z
+    cdef public long long pin_mask  # classify flags that pin (the full path records which and why)
+    cdef public Py_ssize_t inspect_limit  # longer statements pin
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self.batch_open = False
+        self.copy_in = False
+        self.syncs_since_execute = 0
+        self.status = 73  # 'I'
+        self.pinned = False
+        self.failing = None
+        self.flush_pending = False
+        self.discarding = False
+        self.pin_mask = 0
+        self.inspect_limit = 16 * 1024
+
+    @property
+    def quiet(self) -> bool:
+        """Between transactions with nothing in flight: a backend can be handed back (after a reset if pinned)."""
+        return self.outstanding == 0 and not self.batch_open and self.status == 73
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.status != 73
+
+    @property
+    def releasable(self) -> bool:
+        return self.outstanding == 0 and not self.batch_open and self.status == 73 and not self.pinned
+
+    def take_plain(self, ClientFramer framer not None, data) -> int:
+        """Accounts `data` if it is plain requests only; returns the Query/Execute count, or -1 (not taken)."""
+        if type(data) is not bytes:
+            return -1
+        if framer._broken or framer._in_startup or PyByteArray_GET_SIZE(framer._held):
+            return -1
+        if self.failing is not None or self.discarding or self.copy_in:
+            return -1
+        cdef bytes chunk = <bytes>data
+        cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(chunk)
+        cdef Py_ssize_t total = PyBytes_GET_SIZE(chunk)
+        cdef long long limit = framer._max_message_size
+        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t body, end, query_start
+        cdef const unsigned char* zero
+        cdef long long length
+        cdef int msg_type
+        cdef long long outstanding = self.outstanding
+        cdef long long syncs = self.syncs_since_execute
+        cdef bint batch_open = self.batch_open
+        cdef bint flush_pending = self.flush_pending
+        cdef long long requests = 0
+        while pos < total:
+            if total - pos < 5:
+                return -1
+            msg_type = src[pos]
+            length = read_int32(src + pos + 1)
+            if length < 4 or length > limit or length > total - pos - 1:
+                return -1
+            body = pos + 5
+            end = pos + 1 + <Py_ssize_t>length
+            if msg_type == 81:  # 'Q'
+                if body == end or not self._plain_sql(chunk, body, end - 1):
+                    return -1
+                outstanding += 1
+                syncs = 0
+                requests += 1
+            elif msg_type == 80:  # 'P': only the unnamed statement (a named one pins)
+                if body == end or src[body] != 0:
+                    return -1
+                query_start = body + 1
+                zero = <const unsigned char*>memchr(src + query_start, 0, end - query_start)
+                if zero == NULL or not self._plain_sql(chunk, query_start, zero - src):
+                    return -1
+                batch_open = True
+            elif msg_type == 66 or msg_type == 68 or msg_type == 67:  # 'B', 'D', 'C'
+                batch_open = True
+            elif msg_type == 69:  # 'E'
+                batch_open = True
+                requests += 1
+                syncs = 0
+            elif msg_type == 72:  # 'H'
+                batch_open = True
+                flush_pending = True
+            elif msg_type == 83:  # 'S'
+                batch_open = False
+                flush_pending = False
+                outstanding += 1
+                syncs += 1
+            else:
+                return -1
+            pos = end
+        self.outstanding = outstanding
+        self.syncs_since_execute = syncs
+        self.batch_open = batch_open
+        self.flush_pending = flush_pending
+        return requests
+
+    cdef bint _plain_sql(self, bytes chunk, Py_ssize_t start, Py_ssize_t end) except -1:
+        if end - start > self.inspect_limit:
+            return False
+        return (<long long>classify_pg(chunk[start:end]) & self.pin_mask) == 0

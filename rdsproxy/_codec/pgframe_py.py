@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from ..errors import ProtocolViolation
+from .classify_py import classify_pg
 
 __all__ = [
     "DEFAULT_INTERESTING",
@@ -14,6 +15,7 @@ __all__ = [
     "MIN_STARTUP_LENGTH",
     "SSL_REQUEST_CODE",
     "ClientFramer",
+    "PgRequestState",
     "ServerScanner",
 ]
 
@@ -25,6 +27,10 @@ DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 DEFAULT_INTERESTING = b"ZESGHWK"
 
 _unpack_int32 = struct.Struct("!i").unpack_from
+
+_READY_FOR_QUERY = ord("Z")
+_READY_IDLE = ord("I")
+_Q, _P, _B, _D, _C, _E, _H, _S = b"QPBDCEHS"
 
 
 def _type_name(msg_type: int) -> str:
@@ -154,6 +160,7 @@ class ServerScanner:
 
     def __init__(self, interesting: bytes = DEFAULT_INTERESTING) -> None:
         self.interesting = interesting
+        self._events: list[tuple[int, bytes, int]] | None = None
         self.reset()
 
     @property
@@ -177,6 +184,26 @@ class ServerScanner:
         self._body = bytearray()
         self._body_type = 0
         self._broken = False
+
+    def feed_ready(self, data: bytes) -> int:
+        """Scans one chunk for the forwarding hot path: how many ReadyForQuery it completed, without a list.
+
+        Returns `count << 8 | last transaction status byte` (0: nothing interesting) when the chunk's interesting
+        messages are all ReadyForQuery; otherwise -1, and take_events() returns them all, as feed() would have.
+        """
+        events = self.feed(data)
+        status = 0
+        for msg_type, payload, _end in events:
+            if msg_type != _READY_FOR_QUERY or len(payload) != 1:
+                self._events = events
+                return -1
+            status = payload[0]
+        return (len(events) << 8) | status if events else 0
+
+    def take_events(self) -> list[tuple[int, bytes, int]]:
+        """The events of the last feed_ready() that returned -1."""
+        events, self._events = self._events, None
+        return events if events is not None else []
 
     def feed(self, data: bytes) -> list[tuple[int, bytes, int]]:
         """Scans one chunk; returns (type, payload, end offset in this chunk) of each interesting message completed."""
@@ -236,3 +263,118 @@ class ServerScanner:
                 self._remaining = body_size - available
                 pos = total
         return events
+
+
+class PgRequestState:
+    """The request accounting of one PostgreSQL client session, and its compiled fast path.
+
+    `take_plain` accounts a chunk of ordinary requests (the whole chunk complete messages: simple queries and
+    unnamed extended batches whose SQL does not pin) without building a message list; anything else is left to
+    the full path (PgSession.client_messages) by returning -1 with nothing consumed or changed.
+    """
+
+    __slots__ = (
+        "outstanding",
+        "batch_open",
+        "copy_in",
+        "syncs_since_execute",
+        "status",
+        "pinned",
+        "failing",
+        "flush_pending",
+        "discarding",
+        "pin_mask",
+        "inspect_limit",
+    )
+
+    def __init__(self) -> None:
+        self.outstanding = 0  # requests sent whose ReadyForQuery has not come back yet
+        self.batch_open = False  # extended-protocol messages sent since the last Sync
+        self.copy_in = False  # backend is in COPY FROM STDIN: the client's Syncs are ignored by it
+        self.syncs_since_execute = 0
+        self.status = _READY_IDLE  # last ReadyForQuery transaction status
+        self.pinned = False
+        self.failing: tuple[str, str] | None = None  # (sqlstate, message) owed for the next request
+        self.flush_pending = False  # the open batch holds a Flush: its sender may be waiting for replies now
+        self.discarding = False  # this batch's error was sent: drop messages up to Sync, answer it with Z
+        self.pin_mask = 0  # classify flags that pin (the full path records which and why)
+        self.inspect_limit = 16 * 1024  # longer statements pin
+
+    @property
+    def quiet(self) -> bool:
+        """Between transactions with nothing in flight: a backend can be handed back (after a reset if pinned)."""
+        return self.outstanding == 0 and not self.batch_open and self.status == _READY_IDLE
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.status != _READY_IDLE
+
+    @property
+    def releasable(self) -> bool:
+        return self.outstanding == 0 and not self.batch_open and self.status == _READY_IDLE and not self.pinned
+
+    def take_plain(self, framer: ClientFramer, data: bytes) -> int:
+        """Accounts `data` if it is plain requests only; returns the Query/Execute count, or -1 (not taken)."""
+        if type(data) is not bytes:
+            return -1
+        if framer._broken or framer._in_startup or framer._held:
+            return -1
+        if self.failing is not None or self.discarding or self.copy_in:
+            return -1
+        total = len(data)
+        limit = framer._max_message_size
+        pos = 0
+        outstanding = self.outstanding
+        syncs = self.syncs_since_execute
+        batch_open = self.batch_open
+        flush_pending = self.flush_pending
+        requests = 0
+        while pos < total:
+            if total - pos < 5:
+                return -1
+            msg_type = data[pos]
+            (length,) = _unpack_int32(data, pos + 1)
+            if length < 4 or length > limit or length > total - pos - 1:
+                return -1
+            body = pos + 5
+            end = pos + 1 + length
+            if msg_type == _Q:
+                if body == end or not self._plain_sql(data, body, end - 1):
+                    return -1
+                outstanding += 1
+                syncs = 0
+                requests += 1
+            elif msg_type == _P:  # only the unnamed statement (a named one pins)
+                if body == end or data[body] != 0:
+                    return -1
+                zero = data.find(b"\x00", body + 1, end)
+                if zero < 0 or not self._plain_sql(data, body + 1, zero):
+                    return -1
+                batch_open = True
+            elif msg_type == _B or msg_type == _D or msg_type == _C:
+                batch_open = True
+            elif msg_type == _E:
+                batch_open = True
+                requests += 1
+                syncs = 0
+            elif msg_type == _H:
+                batch_open = True
+                flush_pending = True
+            elif msg_type == _S:
+                batch_open = False
+                flush_pending = False
+                outstanding += 1
+                syncs += 1
+            else:
+                return -1
+            pos = end
+        self.outstanding = outstanding
+        self.syncs_since_execute = syncs
+        self.batch_open = batch_open
+        self.flush_pending = flush_pending
+        return requests
+
+    def _plain_sql(self, data: bytes, start: int, end: int) -> bool:
+        if end - start > self.inspect_limit:
+            return False
+        return not classify_pg(data[start:end]) & self.pin_mask

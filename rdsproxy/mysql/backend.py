@@ -132,10 +132,12 @@ class MyBackend(BackendConnection):
         client = self.client
         if client is not None:
             try:
-                events = self.scanner.feed(data)
+                done = self.scanner.feed_done(data)
                 client.transport.write(data)
-                if events:
-                    client.backend_events(events)
+                if done > 0:  # the hot path: this chunk ended one response with an OK or a result set
+                    client.response_ok(done)
+                elif done < 0:
+                    client.backend_events(self.scanner.take_events())
             except ProtocolViolation:
                 self.transport.abort()  # type: ignore[union-attr]  # connection_lost tells the client
             except Exception:  # noqa: BLE001 - never leave a half-handled backend in service

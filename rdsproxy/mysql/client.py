@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from .._codec import MyClientFramer, packet_payload
-from .._codec.myframe_py import LOCAL_INFILE, RESPONSE_DONE
+from .._codec.myframe_py import AFFECTED_SHIFT, COM_QUERY, LOCAL_INFILE, RESPONSE_DONE
 from ..client import (
     AUTH,
     AUTH_TIMEOUT,
@@ -141,8 +141,33 @@ class MyClient(ClientConnection):
         self._send(0, greeting)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = now = time.monotonic()
         try:
+            if self.state == READY:
+                session = self.session
+                if session.failing is None and not session.infile:
+                    # the hot path: one plain COM_QUERY / COM_STMT_EXECUTE, recognised in one compiled call and
+                    # accounted here as MySession.command and send_command would, then forwarded whole
+                    taken = self.framer.take_command(data)
+                    if taken >= 0:
+                        command = taken & 0xFF
+                        cursor = taken > 0xFF
+                        if command == COM_QUERY:
+                            session.reads_last_insert_id = False
+                        session.outstanding += 1
+                        stats = self.stats
+                        stats.QueryRequests += 1
+                        stats.QueryRequestsNoTLS += 1
+                        if session.outstanding == 1:
+                            self.request_started = now
+                        backend = self.backend
+                        if backend is not None and self.pending is None:
+                            backend.scanner.expect(command, cursor=cursor)
+                            backend.transport.write(data)
+                        else:
+                            self.expects.append((command, cursor))
+                            self.forward(data)
+                        return
             buf, packets = self.framer.feed(data)
             for seq, start, end, _size in packets:
                 if self.state == CLOSED:
@@ -308,8 +333,13 @@ class MyClient(ClientConnection):
 
     def sync_sql(self, backend: MyBackend) -> Optional[list[tuple[int, bytes]]]:
         """The proxy's own commands that give `backend` this client's session state, or None."""
+        session = self.session
+        wanted = session.wanted
+        if backend.applied == wanted and (
+            not session.reads_last_insert_id or backend.last_insert_id == session.last_insert_id
+        ):
+            return None  # the common case, checked on every borrow without building anything
         plan: list[tuple[int, bytes]] = []
-        wanted = self.session.wanted
         database = wanted.get("database")
         if database is not None and database != backend.applied.get("database"):
             plan.append((p.COM_INIT_DB, bytes([p.COM_INIT_DB]) + database.encode()))
@@ -361,17 +391,35 @@ class MyClient(ClientConnection):
             elif kind == LOCAL_INFILE:
                 session.infile = True
         if session.outstanding <= 0 and not session.infile:
-            if session.refresh_needed and not self._refreshing:
-                # cleared now, not when the read-back ends: a SET queued meanwhile must get a read-back of its own
-                session.refresh_needed = False
-                self._refreshing = True
-                self.pending = []
-                # the client may answer the forwarded OK at once: COM_RESET_CONNECTION or COM_CHANGE_USER must not
-                # take the backend away while the read-back is on it, so its next command waits for the read-back
-                self.pause_reading()
-                self._task = asyncio.ensure_future(self._refresh_state(backend))  # type: ignore[arg-type]
-            elif not self._refreshing:
+            self._settled()
+
+    def response_ok(self, done: int) -> None:
+        """Called by the attached backend after it forwarded a chunk whose only news is one response that ended
+        without error and without a last insert id (MyResponseScanner.feed_done's packed answer `done`)."""
+        session = self.session
+        session.outstanding -= 1
+        session.status = done & 0xFFFF
+        session.row_count = (done >> AFFECTED_SHIFT) - 1  # as record_ok would (the insert id is 0)
+        if session.outstanding <= 0 and not session.infile:
+            if session.refresh_needed or self._refreshing:
+                self._settled()
+            else:
                 self.responses_complete()
+
+    def _settled(self) -> None:
+        """Every command sent has its complete response: read back changed state, or end the transaction."""
+        session = self.session
+        if session.refresh_needed and not self._refreshing:
+            # cleared now, not when the read-back ends: a SET queued meanwhile must get a read-back of its own
+            session.refresh_needed = False
+            self._refreshing = True
+            self.pending = []
+            # the client may answer the forwarded OK at once: COM_RESET_CONNECTION or COM_CHANGE_USER must not
+            # take the backend away while the read-back is on it, so its next command waits for the read-back
+            self.pause_reading()
+            self._task = asyncio.ensure_future(self._refresh_state(self.backend))  # type: ignore[arg-type]
+        elif not self._refreshing:
+            self.responses_complete()
 
     async def _refresh_state(self, backend: MyBackend) -> None:
         """Read back the tracked variables after a statement that may have changed them (SET, USE, ...)."""

@@ -88,8 +88,14 @@ class PgBackend(BackendConnection):
         if client is not None:
             # steady state: forward first, then account for the few messages that change state
             try:
-                events = self.scanner.feed(data)
-                if events and _E in [event[0] for event in events]:
+                ready = self.scanner.feed_ready(data)
+                if ready >= 0:  # the hot path: nothing but (maybe) ReadyForQuery in this chunk
+                    client.transport.write(data)
+                    if ready:
+                        client.ready_for_query(ready)
+                    return
+                events = self.scanner.take_events()
+                if _E in [event[0] for event in events]:
                     data, fatal_reason = _without_fatal_errors(data, events)
                     self.fatal_reason = fatal_reason or self.fatal_reason
                 client.transport.write(data)

@@ -55,6 +55,17 @@ SQLSTATES = {
 }
 
 
+_AUTHENTICATION_OK = messages.authentication_ok()
+_READY_IDLE = messages.ready_for_query(b"I")
+
+
+def welcome_block(reported: dict[str, str], user: str) -> bytes:
+    """The ParameterStatus messages a new client is welcomed with (the server's, and its own settings)."""
+    statuses = [messages.parameter_status(k, v) for k, v in reported.items() if k != "session_authorization"]
+    statuses.append(messages.parameter_status("session_authorization", user))
+    return b"".join(statuses)
+
+
 class PgClient(ClientConnection):
     """A PostgreSQL client connection: startup and auth by the proxy, then transaction-pooled forwarding."""
 
@@ -77,8 +88,27 @@ class PgClient(ClientConnection):
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = now = time.monotonic()
         try:
+            if self.state == READY:
+                # the hot path: a chunk of plain requests is accounted in one compiled call and forwarded whole
+                session = self.session
+                was_quiet = session.outstanding == 0
+                requests = session.take_plain(self.framer, data)
+                if requests >= 0:
+                    if requests:
+                        stats = self.stats
+                        stats.QueryRequests += requests
+                        stats.QueryRequestsNoTLS += requests
+                    if was_quiet and session.outstanding > 0:
+                        self.request_started = now
+                    if self.pending is not None:
+                        self.forward(data)
+                    elif self.backend is not None:
+                        self.backend.transport.write(data)
+                    else:
+                        self._borrow_and_send(data)
+                    return
             buf, msgs = self.framer.feed(data)
             if not msgs:
                 return
@@ -119,6 +149,17 @@ class PgClient(ClientConnection):
         if batch.terminate:
             self.close()
 
+    def ready_for_query(self, ready: int) -> None:
+        """Called by the attached backend after it forwarded a chunk whose only news is ReadyForQuery.
+
+        `ready` is ServerScanner.feed_ready's answer: how many (above the low byte) and the last status (in it).
+        """
+        session = self.session
+        session.outstanding -= ready >> 8
+        session.status = ready & 0xFF
+        if session.outstanding <= 0:
+            self.responses_complete()
+
     def backend_events(self, events: list) -> None:
         """Called by the attached backend after it forwarded a chunk with state-changing messages."""
         self.session.server_events(events, self.backend.applied)  # type: ignore[union-attr]
@@ -126,7 +167,10 @@ class PgClient(ClientConnection):
             self.responses_complete()
 
     def sync_sql(self, backend: PgBackend) -> Optional[bytes]:
-        return self.session.sync_statements(backend.applied)
+        applied = backend.applied
+        if applied == self.session.wanted:  # the common case, checked without building anything
+            return None
+        return self.session.sync_statements(applied)
 
     def synced(self, backend: PgBackend) -> None:
         backend.applied = dict(self.session.wanted)
@@ -203,9 +247,11 @@ class PgClient(ClientConnection):
             raise AuthenticationFailed("unknown user")
         self._auth = None
         self.state = SETUP
-        welcome = self.engine.cached_welcome(self.endpoint_name, self.key, self.session.wanted)
-        if welcome is not None:
-            self._welcome(welcome)
+        self.key = self.engine.shared_key(self.key)
+        self.user, self.database = self.key
+        block = self.engine.cached_welcome_block(self.endpoint_name, self.key, self.session.wanted)
+        if block is not None:
+            self._send_welcome(block)
             return
         self.pause_reading()
         self._task = asyncio.ensure_future(self._prepare_welcome())
@@ -233,14 +279,16 @@ class PgClient(ClientConnection):
             self.resume_reading()
 
     def _welcome(self, reported: dict[str, str]) -> None:
-        reported = dict(reported)
-        reported["session_authorization"] = self.user
+        self._send_welcome(welcome_block(reported, self.user))
+
+    def _send_welcome(self, parameter_statuses: bytes) -> None:
         self.process_id, self.secret_key = self.engine.register_cancel_key(self)
-        out = [messages.authentication_ok()]
-        out.extend(messages.parameter_status(k, v) for k, v in reported.items())
-        out.append(messages.backend_key_data(self.process_id, self.secret_key))
-        out.append(messages.ready_for_query(b"I"))
-        self.transport.write(b"".join(out))  # type: ignore[union-attr]
+        self.transport.write(  # type: ignore[union-attr]
+            _AUTHENTICATION_OK
+            + parameter_statuses
+            + messages.backend_key_data(self.process_id, self.secret_key)
+            + _READY_IDLE
+        )
         self.state = READY
         self.framer.max_message_size = MAX_CLIENT_MESSAGE
         self.stats.ClientConnectionsSetupSucceeded += 1

@@ -14,7 +14,7 @@ from ..protocol.pg.auth import Md5Server, ScramServer, ScramVerifier
 from ..protocol.pg.session import CANONICAL_NAMES, TRACKED_REPORTED, sql_literal, sync_sql
 from . import backend as pg_backend
 from .backend import InternalQueryError, PgBackend
-from .client import PgClient
+from .client import PgClient, welcome_block
 
 if TYPE_CHECKING:
     from ..config import ProxyConfig
@@ -91,16 +91,26 @@ class PgEngine(Engine):
             target.pool.params_cache[key] = dict(backend.server_params)
         return backend
 
-    def cached_welcome(self, endpoint_name: str, key: PoolKey, wanted: dict[str, str]) -> Optional[dict[str, str]]:
-        """The ParameterStatus set for a new client, if this (user, database, settings) was seen before."""
+    def cached_welcome_block(self, endpoint_name: str, key: PoolKey, wanted: dict[str, str]) -> Optional[bytes]:
+        """The ParameterStatus messages for a new client, if this (user, database, settings) was seen before.
+
+        Encoded once per (target, user, database, settings): a connection storm reuses the bytes.
+        """
         pool = self.pool_for(endpoint_name)
         if pool is None:
             return None
-        base = pool.params_cache.get(key)
-        spelled = self._validated_settings.get((key, frozenset(wanted.items())))
-        if base is None or spelled is None:
-            return None
-        return {**base, **spelled}
+        cache_key = (key, frozenset(wanted.items()))
+        block = pool.welcome_cache.get(cache_key)
+        if block is None:
+            base = pool.params_cache.get(key)
+            spelled = self._validated_settings.get(cache_key)
+            if base is None or spelled is None:
+                return None
+            block = welcome_block({**base, **spelled}, key[0])
+            if len(pool.welcome_cache) > 4096:
+                pool.welcome_cache.clear()
+            pool.welcome_cache[cache_key] = block
+        return block
 
     async def prepare_welcome(self, endpoint_name: str, key: PoolKey, wanted: dict[str, str]) -> dict[str, str]:
         """Validate a client's startup settings on a real backend and learn how the server spells them.

@@ -18,10 +18,8 @@ from ..._codec.flags import (
     MY_SET_TRACKED,
     MY_USE,
 )
+from ..._codec.myframe_py import MAX_INSPECTED_STATEMENT
 from . import packets as p
-
-# Statements longer than this pin the session (RDS Proxy's rule: the proxy will not inspect them).
-MAX_INSPECTED_STATEMENT = 16 * 1024
 
 # Session variables rdsproxy tracks and replays instead of pinning (RDS Proxy's list), read back from the server
 # after any statement that may change them. "database" is the current schema (USE / COM_INIT_DB / handshake).
@@ -142,7 +140,11 @@ class Action:
 
 
 class MySession:
-    """Command accounting and session-state decisions for one MySQL client, fed with framed packets."""
+    """Command accounting and session-state decisions for one MySQL client, fed with framed packets.
+
+    The adapter offers each client chunk to the compiled fast path first (MyClientFramer.take_command): a lone
+    plain COM_QUERY or COM_STMT_EXECUTE is accounted there exactly as `command` would, and only the rest comes here.
+    """
 
     __slots__ = (
         "outstanding",
@@ -188,7 +190,14 @@ class MySession:
 
     @property
     def releasable(self) -> bool:
-        return self.quiet and not self.pinned and not self.refresh_needed
+        # `quiet` spelled out: this runs after every response, and a property call is a frame
+        return (
+            self.outstanding == 0
+            and not self.infile
+            and not self.status & _HOLDING_STATUS
+            and not self.pinned
+            and not self.refresh_needed
+        )
 
     @property
     def autocommit(self) -> bool:

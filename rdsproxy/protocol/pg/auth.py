@@ -7,6 +7,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 import stringprep
 import unicodedata
@@ -127,7 +128,10 @@ _cached_derive_keys = functools.lru_cache(maxsize=256)(_derive_keys)
 
 
 def _xor(left: bytes, right: bytes) -> bytes:
-    return bytes(a ^ b for a, b in zip(left, right))
+    if len(left) != len(right):  # a malformed proof: zip's truncation makes it fail verification, not raise
+        return bytes(a ^ b for a, b in zip(left, right))
+    # as integers: one operation instead of a Python step per byte (this runs for every client login)
+    return (int.from_bytes(left, "big") ^ int.from_bytes(right, "big")).to_bytes(len(left), "big")
 
 
 def _b64encode(data: bytes) -> str:
@@ -145,9 +149,12 @@ def _new_nonce() -> str:
     return _b64encode(secrets.token_bytes(_RAW_NONCE_BYTES))
 
 
+# RFC 5802 "printable": %x21-2B / %x2D-7E (visible ASCII except the comma).
+_PRINTABLE_NONCE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
+
+
 def _is_printable_nonce(nonce: str) -> bool:
-    # RFC 5802 "printable": %x21-2B / %x2D-7E (visible ASCII except the comma).
-    return bool(nonce) and all("\x21" <= char <= "\x7e" and char != "," for char in nonce)
+    return _PRINTABLE_NONCE.fullmatch(nonce) is not None
 
 
 def _decode_scram_text(data: bytes, what: str) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Optional
 
-from ..._codec import classify_pg
+from ..._codec import PgRequestState, classify_pg
 from ..._codec.flags import PIN_MASK, PIN_REASON_CODES, PIN_SET
 from ...errors import ProtocolViolation
 from . import messages
@@ -39,8 +40,11 @@ def statement_digest(sql: bytes) -> str:
     return hashlib.sha1(sql).hexdigest()[:12]
 
 
+_SETTING_NAME = re.compile(r"[\w.]+")
+
+
 def valid_setting_name(name: str) -> bool:
-    return bool(name) and all(c.isalnum() or c in "_." for c in name)
+    return _SETTING_NAME.fullmatch(name) is not None
 
 
 class ClientBatch:
@@ -56,41 +60,23 @@ class ClientBatch:
         self.requests = 0  # Query/Execute messages seen (QueryRequests)
 
 
-class PgSession:
+class PgSession(PgRequestState):
     """Request accounting and session-state decisions for one client, fed with framed messages.
 
-    The adapter feeds client messages (from ClientFramer) and the backend events (from ServerScanner) and asks
-    `releasable` whether the backend can go back to the pool.
+    The adapter offers each client chunk to the compiled fast path first (`take_plain`, inherited with the
+    counters from PgRequestState), feeds the rest as framed messages (from ClientFramer) to `client_messages`,
+    feeds the backend events (from ServerScanner) to `server_events`, and asks `releasable` whether the backend
+    can go back to the pool.
     """
 
-    __slots__ = (
-        "outstanding",
-        "batch_open",
-        "copy_in",
-        "syncs_since_execute",
-        "status",
-        "pinned",
-        "pin_reasons",
-        "wanted",
-        "exclude_variable_sets",
-        "failing",
-        "flush_pending",
-        "discarding",
-    )
+    __slots__ = ("pin_reasons", "wanted")
 
     def __init__(self, *, exclude_variable_sets: bool = False) -> None:
-        self.outstanding = 0  # requests sent whose ReadyForQuery has not come back yet
-        self.batch_open = False  # extended-protocol messages sent since the last Sync
-        self.copy_in = False  # backend is in COPY FROM STDIN: the client's Syncs are ignored by it
-        self.syncs_since_execute = 0
-        self.status = READY_IDLE  # last ReadyForQuery transaction status
-        self.pinned = False
+        super().__init__()
         self.pin_reasons: Sequence[str] = ()  # a list once pinned: most sessions never are, and stay smaller
         self.wanted: dict[str, str] = {}  # tracked session parameters, lower-case name -> value
-        self.exclude_variable_sets = exclude_variable_sets
-        self.failing: Optional[tuple[str, str]] = None  # (sqlstate, message) owed for the next request
-        self.flush_pending = False  # the open batch holds a Flush: its sender may be waiting for replies now
-        self.discarding = False  # this batch's error was sent: drop messages up to Sync, answer it with Z
+        self.pin_mask = PIN_MASK & ~PIN_SET if exclude_variable_sets else PIN_MASK
+        self.inspect_limit = MAX_INSPECTED_STATEMENT
 
     # ------------------------------------------------------------------ startup
     def set_startup_params(self, params: dict[str, str]) -> None:
@@ -104,19 +90,6 @@ class PgSession:
             self.wanted[lower] = value
 
     # ------------------------------------------------------------------ client -> backend
-    @property
-    def quiet(self) -> bool:
-        """Between transactions with nothing in flight: a backend can be handed back (after a reset if pinned)."""
-        return self.outstanding == 0 and not self.batch_open and self.status == READY_IDLE
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.status != READY_IDLE
-
-    @property
-    def releasable(self) -> bool:
-        return self.outstanding == 0 and not self.batch_open and self.status == READY_IDLE and not self.pinned
-
     def client_messages(self, buf: bytes, msgs: list) -> ClientBatch:
         batch = ClientBatch()
         forward_all = True
@@ -202,14 +175,12 @@ class PgSession:
         return batch
 
     def _inspect(self, sql: bytes, batch: ClientBatch) -> None:
-        if len(sql) > MAX_INSPECTED_STATEMENT:
+        if len(sql) > self.inspect_limit:
             self._pin(REASON_TOO_LONG, sql, batch)
             return
-        flags = classify_pg(sql)
-        if not flags & PIN_MASK:
+        flags = classify_pg(sql) & self.pin_mask  # the same test as the fast path's (take_plain)
+        if not flags:
             return
-        if self.exclude_variable_sets:
-            flags &= ~PIN_SET
         for bit, reason in PIN_REASON_CODES.items():
             if flags & bit:
                 self._pin(reason, sql, batch)
