@@ -170,7 +170,9 @@ def test_restart_keeps_port_settings_and_data(fresh_pg: Callable[..., PostgresSe
 
 
 def test_kill9_then_restart(fresh_pg: Callable[..., PostgresServer]) -> None:
-    server = fresh_pg(max_connections=4)
+    # Room for the busy client, the probes and a slot or two still held by probes whose backends are exiting:
+    # a backend gives its slot back only after its client has gone, so a tight max_connections races.
+    server = fresh_pg(max_connections=10)
     assert server.sql("SHOW superuser_reserved_connections") == "3"
     server.sql("CREATE TABLE survivors (v int); INSERT INTO survivors VALUES (9)", database="app")
     port = server.port
@@ -193,7 +195,9 @@ def test_kill9_then_restart(fresh_pg: Callable[..., PostgresServer]) -> None:
         deadline = time.monotonic() + 30
         active = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%generate_series%' AND state = 'active'"
         while server.sql(active) != "2" and time.monotonic() < deadline:  # 2: the query and this probe
+            assert busy.poll() is None, busy.communicate()[1]
             time.sleep(0.02)
+        assert server.sql(active) == "2"
 
         server.kill9()
         assert not server.running
