@@ -15,6 +15,8 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check rdsproxy tests benchmarks
 	$(VENV)/bin/pytest -q tests
 	RDSPROXY_NO_EXTENSIONS=1 $(VENV)/bin/pytest -q tests/test_codec_*.py
+	# asyncio's own transports (where epoll is missing, or RDSPROXY_RELAY=0) under both engines' pooling and failures
+	RDSPROXY_RELAY=0 $(VENV)/bin/pytest -q tests/test_pg_pooling.py tests/test_pg_failures.py tests/test_my_pooling.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rdsproxy tests benchmarks

@@ -3,7 +3,7 @@ import os
 
 from setuptools import Extension, setup
 
-CODEC_MODULES = ["pgframe_c", "classify_c", "myframe_c", "latency_c"]
+CODEC_MODULES = ["pgframe_c", "classify_c", "myframe_c", "latency_c", "relay_c"]
 
 ext_modules = []
 if not os.environ.get("RDSPROXY_NO_EXTENSIONS"):

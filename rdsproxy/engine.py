@@ -56,6 +56,7 @@ class Engine:
         self.targets: Optional[Targets] = None
         self._passwords: dict[str, str] = {}
         self._shared_keys: dict[Any, Any] = {}
+        self.relay: Any = None  # serves the data path's sockets while the proxy runs (None: asyncio's transports)
         self.apply_config(config)
 
     def apply_config(self, config: ProxyConfig) -> None:
@@ -226,6 +227,8 @@ class Engine:
 
 class MonitorOwner:
     """Owner of a health-check connection: it is not pooled, so its idle death needs no bookkeeping."""
+
+    relay = None  # a few probes a second: asyncio's transports serve them
 
     def idle_backend_lost(self, backend: Any) -> None:
         backend.broken = True

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from .config import EndpointConfig, parse_host_port
+from .sockets import start_server
 
 log = logging.getLogger("rdsproxy.listener")
 
@@ -18,18 +19,20 @@ LISTEN_BACKLOG = 4096
 class Listener:
     """Accepts client connections for one endpoint."""
 
-    def __init__(self, endpoint: EndpointConfig, protocol_factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self, endpoint: EndpointConfig, protocol_factory: Callable[[], asyncio.Protocol], relay: Optional[Any] = None
+    ) -> None:
         self.endpoint = endpoint
         self._factory = protocol_factory
-        self._server: Optional[asyncio.AbstractServer] = None
+        self._relay = relay
+        self._server: Optional[Any] = None
         self.address: tuple[str, int] = ("", 0)
 
     async def start(self) -> None:
         host, port = parse_host_port(
             self.endpoint.listen, what=f"endpoints.{self.endpoint.name}.listen", allow_zero=True
         )
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._factory, host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
+        self._server = await start_server(self._relay, self._factory, host, port, backlog=LISTEN_BACKLOG)
         sock = self._server.sockets[0]
         self.address = sock.getsockname()[:2]
         if sock.family in (socket.AF_INET, socket.AF_INET6):

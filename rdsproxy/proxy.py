@@ -11,6 +11,7 @@ from .admin import AdminServer
 from .config import ProxyConfig, parse_host_port
 from .listener import Listener
 from .metrics import Metrics
+from .sockets import new_relay
 from .targets import Targets
 
 log = logging.getLogger("rdsproxy")
@@ -52,10 +53,11 @@ class Proxy:
             raise RuntimeError("proxy already started")
         self._started = True
         self._closed = asyncio.Event()
+        self.engine.relay = new_relay()
         await self.targets.start()
         try:
             for endpoint in self.config.endpoints:
-                listener = Listener(endpoint, self.engine.client_factory(endpoint.name))
+                listener = Listener(endpoint, self.engine.client_factory(endpoint.name), self.engine.relay)
                 await listener.start()
                 self._listeners[endpoint.name] = listener
             if self.config.proxy.admin_listen:
@@ -91,6 +93,8 @@ class Proxy:
             await self._admin.close()
         for listener in self._listeners.values():
             await listener.wait_closed()
+        if self.engine.relay is not None:
+            self.engine.relay.close()  # what is still open after the drain and close_all is cut here
         if self._closed is not None:
             self._closed.set()
         log.info("proxy %s closed", self.config.proxy.name)

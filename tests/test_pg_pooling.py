@@ -863,3 +863,33 @@ async def test_admin_server_exposes_metrics_health_and_stats(server: PostgresSer
         status, _ = await http_get(proxy.admin_address, "/nowhere")
         assert status == 404
         await close_all([pinned, other])
+
+
+async def test_the_data_path_is_served_by_the_relay_unless_turned_off(
+    server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The relay's transports carry clients and pooled backends; RDSPROXY_RELAY=0 gives asyncio's (uvloop's) own.
+    from rdsproxy._codec import Relay
+
+    for setting, on_relay in (("1", True), ("0", False)):
+        monkeypatch.setenv("RDSPROXY_RELAY", setting)
+        async with pooled_proxy(server, pool_size=2) as proxy:
+            connection = await connect_asyncpg(proxy, server)
+            try:
+                async with connection.transaction():
+                    assert await connection.fetchval("SELECT 6 * 7") == 42
+                    (client,) = proxy.engine.clients
+                    assert client.backend is not None
+                    transports = (client.transport, client.backend.transport)
+                    relay = proxy.engine.relay
+                    if on_relay:
+                        assert isinstance(relay, Relay)
+                        assert all(type(t).__name__ == "RelayTransport" for t in transports)
+                        assert relay.connections >= 2
+                    else:
+                        assert relay is None
+                        assert not any(type(t).__name__ == "RelayTransport" for t in transports)
+            finally:
+                await connection.close()
+        if on_relay:
+            assert relay.closed  # closed with the proxy

@@ -15,6 +15,7 @@ class CodecSet(NamedTuple):
     classify: ModuleType
     myframe: ModuleType
     latency: ModuleType
+    relay: ModuleType
 
     @property
     def ClientFramer(self) -> type:
@@ -48,6 +49,10 @@ class CodecSet(NamedTuple):
     def Latency(self) -> type:
         return self.latency.Latency
 
+    @property
+    def Relay(self) -> type:
+        return self.relay.Relay
+
 
 def extensions_disabled() -> bool:
     """True when RDSPROXY_NO_EXTENSIONS asks for the pure-Python twins (set, non-empty and not "0")."""
@@ -57,16 +62,16 @@ def extensions_disabled() -> bool:
 
 def _load_compiled() -> CodecSet | None:
     try:
-        from . import classify_c, latency_c, myframe_c, pgframe_c
+        from . import classify_c, latency_c, myframe_c, pgframe_c, relay_c
     except ImportError:
         return None
-    return CodecSet("compiled", pgframe_c, classify_c, myframe_c, latency_c)
+    return CodecSet("compiled", pgframe_c, classify_c, myframe_c, latency_c, relay_c)
 
 
 def _load_pure() -> CodecSet:
-    from . import classify_py, latency_py, myframe_py, pgframe_py
+    from . import classify_py, latency_py, myframe_py, pgframe_py, relay_py
 
-    return CodecSet("pure", pgframe_py, classify_py, myframe_py, latency_py)
+    return CodecSet("pure", pgframe_py, classify_py, myframe_py, latency_py, relay_py)
 
 
 IMPLEMENTATIONS: dict[str, CodecSet] = {"pure": _load_pure()}
@@ -91,6 +96,7 @@ mysql_select_of_session_functions = ACTIVE.classify.mysql_select_of_session_func
 parse_kill = ACTIVE.classify.parse_kill
 tokenize = ACTIVE.classify.tokenize
 Latency = ACTIVE.latency.Latency
+Relay = ACTIVE.relay.Relay
 
 __all__ = [
     "ACTIVE",

@@ -13,6 +13,7 @@ from ..errors import AuthenticationFailed, ProtocolViolation
 from ..pool import BackendUnavailable
 from ..protocol.mysql import packets as p
 from ..protocol.mysql.auth import BackendAuthenticator
+from ..sockets import open_connection
 
 if TYPE_CHECKING:
     from .client import MyClient
@@ -267,11 +268,10 @@ async def connect(
     timeout: float = 10.0,
 ) -> MyBackend:
     """Open and authenticate a server connection; raises BackendUnavailable."""
-    loop = asyncio.get_running_loop()
     try:
         _, backend = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: MyBackend(address, user, password, capabilities, charset, owner), host, port
+            open_connection(
+                owner.relay, lambda: MyBackend(address, user, password, capabilities, charset, owner), host, port
             ),
             timeout,
         )

@@ -13,6 +13,7 @@ from ..errors import AuthenticationFailed, ProtocolViolation
 from ..pool import BackendUnavailable
 from ..protocol.pg import messages
 from ..protocol.pg.auth import BackendAuthenticator
+from ..sockets import open_connection
 
 if TYPE_CHECKING:
     from .client import PgClient
@@ -216,10 +217,9 @@ async def connect(
     startup_params: Optional[dict[str, str]] = None,
 ) -> PgBackend:
     """Open and authenticate a server connection; raises BackendUnavailable."""
-    loop = asyncio.get_running_loop()
     try:
         _, backend = await asyncio.wait_for(
-            loop.create_connection(lambda: PgBackend(address, user, password, database, owner), host, port),
+            open_connection(owner.relay, lambda: PgBackend(address, user, password, database, owner), host, port),
             timeout,
         )
     except (OSError, asyncio.TimeoutError) as exc:

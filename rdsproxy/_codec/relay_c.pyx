@@ -1,0 +1,443 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Socket transports over one epoll set serviced from the event loop (compiled twin of relay_py)."""
+
+import socket
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR, errno  # EWOULDBLOCK is EAGAIN on Linux
+from libc.stdlib cimport free, malloc
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+        unsigned int u32
+        unsigned long long u64
+    struct epoll_event:
+        unsigned int events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    enum:
+        EPOLLIN
+        EPOLLOUT
+        EPOLLERR
+        EPOLLHUP
+        EPOLL_CTL_ADD
+        EPOLL_CTL_MOD
+        EPOLL_CTL_DEL
+        EPOLL_CLOEXEC
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t c_recv "recv"(int fd, void *buf, size_t n, int flags)
+    ssize_t c_send "send"(int fd, const void *buf, size_t n, int flags)
+    int c_shutdown "shutdown"(int fd, int how)
+    enum:
+        MSG_NOSIGNAL
+        SHUT_WR
+
+cdef extern from "<unistd.h>" nogil:
+    int c_close "close"(int fd)
+
+READ_SIZE = 256 * 1024
+DEFAULT_HIGH_WATER = 64 * 1024
+DEF C_READ_SIZE = 262144
+DEF C_MAX_EVENTS = 256
+
+cdef unsigned int _OUT_OR_FAILED = EPOLLOUT | EPOLLERR | EPOLLHUP
+cdef unsigned int _IN_OR_FAILED = EPOLLIN | EPOLLERR | EPOLLHUP
+
+# One receive buffer for the whole process: the loop thread holds the GIL while it reads, so reads never overlap.
+cdef char *_read_buffer = <char *>malloc(C_READ_SIZE)
+
+
+cdef object _os_error(int code):
+    import os
+    return OSError(code, os.strerror(code))
+
+
+cdef class Relay:
+    """An epoll set of nonblocking sockets, each with an asyncio-compatible transport, driven by one loop reader.
+
+    One reader callback per wake-up serves every ready socket, instead of one loop callback per socket event.
+    """
+
+    cdef readonly object loop
+    cdef int _epfd
+    cdef dict _transports
+    cdef epoll_event *_events
+
+    def __cinit__(self):
+        self._epfd = -1
+        self._events = NULL
+
+    def __init__(self, loop):
+        self.loop = loop
+        self._transports = {}
+        self._epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self._epfd < 0:
+            raise _os_error(errno)
+        self._events = <epoll_event *>malloc(sizeof(epoll_event) * C_MAX_EVENTS)
+        loop.add_reader(self._epfd, self._ready)
+
+    def __dealloc__(self):
+        if self._events != NULL:
+            free(self._events)
+        if self._epfd >= 0:
+            c_close(self._epfd)
+
+    @property
+    def connections(self):
+        return len(self._transports)
+
+    @property
+    def closed(self):
+        return self._epfd < 0
+
+    def adopt(self, sock, protocol):
+        """Take over a connected stream socket (its fd; `sock` is detached) and serve it with `protocol`."""
+        if self._epfd < 0:
+            raise RuntimeError("the relay is closed")
+        sock.setblocking(False)
+        if sock.family == socket.AF_INET or sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            peername = sock.getpeername()
+        except OSError:
+            peername = None
+        sockname = sock.getsockname()
+        cdef int fd = sock.detach()
+        cdef RelayTransport transport = RelayTransport.__new__(RelayTransport)
+        transport._setup(self, fd, protocol, peername, sockname)
+        self._transports[fd] = transport
+        self._watch(fd, 0, EPOLLIN)
+        transport._events = EPOLLIN
+        protocol.connection_made(transport)
+        return transport
+
+    def close(self):
+        """Abort every transport and stop serving; idempotent."""
+        if self._epfd < 0:
+            return
+        for transport in list(self._transports.values()):
+            transport.abort()
+        self.loop.remove_reader(self._epfd)
+        c_close(self._epfd)
+        self._epfd = -1
+
+    # ------------------------------------------------------------------ internals for the transports
+    cdef int _watch(self, int fd, unsigned int old, unsigned int new) except -1:
+        # A socket with nothing to watch leaves the set: epoll reports hang-ups even for an empty event mask,
+        # and a paused socket whose peer hung up would wake the loop on every iteration.
+        cdef epoll_event event
+        cdef int op
+        if self._epfd < 0:
+            return 0
+        event.events = new
+        event.data.u64 = 0
+        event.data.fd = fd
+        if not new:
+            op = EPOLL_CTL_DEL
+        elif not old:
+            op = EPOLL_CTL_ADD
+        else:
+            op = EPOLL_CTL_MOD
+        if epoll_ctl(self._epfd, op, fd, &event) < 0:
+            raise _os_error(errno)
+        return 0
+
+    cdef void _forget(self, int fd, unsigned int events):
+        cdef epoll_event event
+        del self._transports[fd]
+        if events and self._epfd >= 0:
+            epoll_ctl(self._epfd, EPOLL_CTL_DEL, fd, &event)
+
+    def _ready(self):
+        cdef int count, i
+        cdef unsigned int events
+        cdef RelayTransport transport
+        if self._epfd < 0:
+            return
+        count = epoll_wait(self._epfd, self._events, C_MAX_EVENTS, 0)
+        transports = self._transports
+        for i in range(count):
+            events = self._events[i].events
+            transport = transports.get(self._events[i].data.fd)
+            if transport is None:  # closed by an earlier event of this batch
+                continue
+            if events & _OUT_OR_FAILED and transport._buffered:
+                transport._flush()
+            if events & _IN_OR_FAILED and transport._reading:
+                transport._read()
+
+
+cdef class RelayTransport:
+    """asyncio.Transport for one socket of a Relay."""
+
+    cdef Relay _relay
+    cdef int _fd
+    cdef object _protocol
+    cdef object _peername
+    cdef object _sockname
+    cdef list _buffer
+    cdef Py_ssize_t _buffered
+    cdef bint _reading
+    cdef bint _closing
+    cdef bint _eof_pending
+    cdef bint _eof_sent
+    cdef bint _writing_paused
+    cdef bint _lost
+    cdef Py_ssize_t _high
+    cdef Py_ssize_t _low
+    cdef unsigned int _events
+
+    def __init__(self):
+        raise TypeError("RelayTransport objects are made by Relay.adopt()")
+
+    cdef void _setup(self, Relay relay, int fd, object protocol, object peername, object sockname):
+        self._relay = relay
+        self._fd = fd
+        self._protocol = protocol
+        self._peername = peername
+        self._sockname = sockname
+        self._buffer = None  # allocated when a write has to wait: most connections never need one
+        self._buffered = 0
+        self._reading = True
+        self._closing = False
+        self._eof_pending = False
+        self._eof_sent = False
+        self._writing_paused = False
+        self._lost = False
+        self._high = DEFAULT_HIGH_WATER
+        self._low = DEFAULT_HIGH_WATER // 4
+        self._events = 0
+
+    # ------------------------------------------------------------------ asyncio.Transport
+    def write(self, data):
+        cdef Py_ssize_t size, sent
+        if type(data) is not bytes:
+            if not isinstance(data, (bytearray, memoryview)):
+                raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+            data = bytes(data)
+        if self._closing or self._eof_pending or self._fd < 0:
+            return
+        size = PyBytes_GET_SIZE(data)
+        if not size:
+            return
+        if not self._buffered:
+            sent = c_send(self._fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL)
+            if sent == size:
+                return
+            if sent < 0:
+                if errno == EAGAIN or errno == EINTR:
+                    sent = 0
+                else:
+                    self._fatal(_os_error(errno))
+                    return
+            if sent:
+                data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + sent, size - sent)
+            self._buffer = [data]
+            self._buffered = size - sent
+            self._update_events()
+        else:
+            self._buffer.append(data)
+            self._buffered += size
+        if self._buffered > self._high and not self._writing_paused:
+            self._writing_paused = True
+            self._call_protocol("pause_writing")
+
+    def writelines(self, list_of_data):
+        self.write(b"".join(list_of_data))
+
+    def close(self):
+        if self._closing or self._fd < 0:
+            return
+        self._closing = True
+        self._reading = False
+        if self._buffered:
+            self._update_events()
+        else:
+            self._finish(None)
+
+    def abort(self):
+        if self._fd < 0:
+            return
+        self._closing = True
+        self._buffer = None
+        self._buffered = 0
+        self._finish(None)
+
+    def is_closing(self):
+        return self._closing or self._fd < 0
+
+    def pause_reading(self):
+        if self._reading and not self._closing and self._fd >= 0:
+            self._reading = False
+            self._update_events()
+
+    def resume_reading(self):
+        if not self._reading and not self._closing and self._fd >= 0:
+            self._reading = True
+            self._update_events()
+
+    def is_reading(self):
+        return self._reading and not self._closing and self._fd >= 0
+
+    def get_extra_info(self, name, default=None):
+        if name == "peername":
+            return self._peername if self._peername is not None else default
+        if name == "sockname":
+            return self._sockname
+        return default
+
+    def get_write_buffer_size(self):
+        return self._buffered
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high = high
+        self._low = low
+
+    def get_write_buffer_limits(self):
+        return (self._low, self._high)
+
+    def get_protocol(self):
+        return self._protocol
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        if self._closing or self._eof_pending or self._fd < 0:
+            return
+        self._eof_pending = True
+        if not self._buffered:
+            self._shutdown_write()
+
+    # ------------------------------------------------------------------ events from the relay
+    cdef int _read(self) except -1:
+        cdef ssize_t got = c_recv(self._fd, _read_buffer, C_READ_SIZE, 0)
+        if got > 0:
+            data = PyBytes_FromStringAndSize(_read_buffer, got)
+            try:
+                self._protocol.data_received(data)
+            except Exception as exc:  # a protocol bug ends this connection only
+                self._report(exc, "data_received")
+            return 0
+        if got < 0:
+            if errno == EAGAIN or errno == EINTR:
+                return 0
+            self._fatal(_os_error(errno))
+            return 0
+        # the peer shut down its side: asyncio's contract is eof_received, and a falsy answer closes
+        self._reading = False
+        self._update_events()
+        try:
+            keep_open = self._protocol.eof_received()
+        except Exception as exc:  # a protocol bug ends this connection only
+            self._report(exc, "eof_received")
+            return 0
+        if not keep_open:
+            self.close()
+        return 0
+
+    cdef int _flush(self) except -1:
+        cdef Py_ssize_t size, sent
+        if self._fd < 0:
+            return 0
+        if len(self._buffer) == 1:
+            data = self._buffer[0]
+        else:
+            data = b"".join(self._buffer)
+        self._buffer = None
+        size = PyBytes_GET_SIZE(data)
+        sent = c_send(self._fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL) if size else 0
+        if sent < 0:
+            if errno == EAGAIN or errno == EINTR:
+                sent = 0
+            else:
+                self._buffered = 0
+                self._fatal(_os_error(errno))
+                return 0
+        if sent < size:
+            self._buffer = [PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + sent, size - sent)]
+        self._buffered = size - sent
+        if self._writing_paused and self._buffered <= self._low:
+            self._writing_paused = False
+            self._call_protocol("resume_writing")
+            if self._fd < 0:
+                return 0
+        if not self._buffered:
+            if self._closing:
+                self._finish(None)
+                return 0
+            if self._eof_pending:
+                self._shutdown_write()
+        self._update_events()
+        return 0
+
+    # ------------------------------------------------------------------ internals
+    cdef int _update_events(self) except -1:
+        cdef unsigned int events
+        if self._fd < 0:
+            return 0
+        events = (EPOLLIN if self._reading else 0) | (EPOLLOUT if self._buffered else 0)
+        if events != self._events:
+            self._relay._watch(self._fd, self._events, events)
+            self._events = events
+        return 0
+
+    cdef void _shutdown_write(self):
+        if self._eof_sent:
+            return
+        self._eof_sent = True
+        c_shutdown(self._fd, SHUT_WR)
+
+    cdef int _call_protocol(self, str method) except -1:
+        try:
+            getattr(self._protocol, method)()
+        except Exception as exc:  # a protocol bug ends this connection only
+            self._report(exc, method)
+        return 0
+
+    cdef int _report(self, exc, str method) except -1:
+        self._relay.loop.call_exception_handler(
+            {
+                "message": f"Fatal error: protocol.{method}() call failed.",
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            }
+        )
+        self.abort()
+        return 0
+
+    cdef int _fatal(self, exc) except -1:
+        self._closing = True
+        self._buffer = None
+        self._buffered = 0
+        self._finish(exc)
+        return 0
+
+    cdef int _finish(self, exc) except -1:
+        cdef int fd = self._fd
+        if fd < 0:
+            return 0
+        self._fd = -1
+        self._reading = False
+        self._relay._forget(fd, self._events)
+        self._events = 0
+        c_close(fd)
+        if not self._lost:
+            self._lost = True
+            self._relay.loop.call_soon(self._protocol.connection_lost, exc)
+        return 0
