@@ -396,6 +396,16 @@ class RdsProxyProcess:
     def uses_uvloop(self) -> bool:
         return has_mapped(self.pid, "uvloop")
 
+    def uses_relay(self) -> bool:
+        """The data path runs on the relay's epoll set: a second eventpoll fd beside the event loop's own."""
+        polls = 0
+        for name in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                polls += os.readlink(f"/proc/{self.pid}/fd/{name}") == "anon_inode:[eventpoll]"
+            except OSError:
+                continue
+        return polls >= 2
+
     def uses_compiled_codecs(self) -> bool:
         return has_mapped(self.pid, "pgframe_c") or has_mapped(self.pid, "myframe_c")
 

@@ -326,6 +326,7 @@ class Bench:
             if proxy is not None:
                 meta[name] = {
                     "uvloop": proxy.uses_uvloop(),
+                    "relay": proxy.uses_relay(),
                     "compiled_codecs": proxy.uses_compiled_codecs(),
                     "max_database_connections_allowed": proxy.metrics().get("MaxDatabaseConnectionsAllowed"),
                 }

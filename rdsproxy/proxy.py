@@ -53,8 +53,13 @@ class Proxy:
             raise RuntimeError("proxy already started")
         self._started = True
         self._closed = asyncio.Event()
-        self.engine.relay = new_relay()
-        await self.targets.start()
+        relay = self.engine.relay = new_relay()
+        try:
+            await self.targets.start()
+        except BaseException:
+            if relay is not None:
+                relay.close()
+            raise
         try:
             for endpoint in self.config.endpoints:
                 listener = Listener(endpoint, self.engine.client_factory(endpoint.name), self.engine.relay)

@@ -860,6 +860,25 @@ async def test_connections_counts_up_and_down(relay, sockets):
     assert relay.connections == 1
 
 
+class FailsToStart(Recorder):
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        raise Boom("connection_made failed")
+
+
+async def test_a_protocol_whose_connection_made_raises_is_aborted(relay, sockets):
+    # adopt() re-raises, and the socket it took over is closed rather than left in the set with nobody to serve it
+    relay_side, peer = sockets.pair("unix")
+    rec = FailsToStart()
+    fd, stat = relay_side.fileno(), os.fstat(relay_side.fileno())
+    with pytest.raises(Boom):
+        relay.adopt(relay_side, rec)
+    assert relay.connections == 0
+    await rec.ended()
+    assert_fd_closed(fd, (stat.st_dev, stat.st_ino))
+    assert await recv_to_eof(peer) == b""
+
+
 async def test_relay_close_aborts_everything_and_is_idempotent(impl, sockets):
     loop = asyncio.get_running_loop()
     before = epoll_fds()

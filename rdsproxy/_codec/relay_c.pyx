@@ -57,6 +57,22 @@ cdef object _os_error(int code):
     return OSError(code, os.strerror(code))
 
 
+cdef object _address_of(int fd, bint peer):
+    """The socket module's peer or local address of a socket we own, or None once it is closed or unconnected."""
+    if fd < 0:
+        return None
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        return sock.getpeername() if peer else sock.getsockname()
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+
+
 cdef class Relay:
     """An epoll set of nonblocking sockets, each with an asyncio-compatible transport, driven by one loop reader.
 
@@ -102,18 +118,17 @@ cdef class Relay:
         sock.setblocking(False)
         if sock.family == socket.AF_INET or sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            peername = sock.getpeername()
-        except OSError:
-            peername = None
-        sockname = sock.getsockname()
         cdef int fd = sock.detach()
         cdef RelayTransport transport = RelayTransport.__new__(RelayTransport)
-        transport._setup(self, fd, protocol, peername, sockname)
+        transport._setup(self, fd, protocol)
         self._transports[fd] = transport
         self._watch(fd, 0, EPOLLIN)
         transport._events = EPOLLIN
-        protocol.connection_made(transport)
+        try:
+            protocol.connection_made(transport)
+        except BaseException:
+            transport.abort()  # a protocol that failed to start must not keep its socket in the set
+            raise
         return transport
 
     def close(self):
@@ -195,12 +210,12 @@ cdef class RelayTransport:
     def __init__(self):
         raise TypeError("RelayTransport objects are made by Relay.adopt()")
 
-    cdef void _setup(self, Relay relay, int fd, object protocol, object peername, object sockname):
+    cdef void _setup(self, Relay relay, int fd, object protocol):
         self._relay = relay
         self._fd = fd
         self._protocol = protocol
-        self._peername = peername
-        self._sockname = sockname
+        self._peername = None  # read from the socket when first asked: most connections never are
+        self._sockname = None
         self._buffer = None  # allocated when a write has to wait: most connections never need one
         self._buffered = 0
         self._reading = True
@@ -286,9 +301,13 @@ cdef class RelayTransport:
 
     def get_extra_info(self, name, default=None):
         if name == "peername":
+            if self._peername is None:
+                self._peername = _address_of(self._fd, True)
             return self._peername if self._peername is not None else default
         if name == "sockname":
-            return self._sockname
+            if self._sockname is None:
+                self._sockname = _address_of(self._fd, False)
+            return self._sockname if self._sockname is not None else default
         return default
 
     def get_write_buffer_size(self):

@@ -45,16 +45,15 @@ class Relay:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            peername = sock.getpeername()
-        except OSError:
-            peername = None
-        sockname = sock.getsockname()
         fd = sock.detach()
-        transport = RelayTransport(self, fd, protocol, peername, sockname)
+        transport = RelayTransport(self, fd, protocol)
         self._transports[fd] = transport
         self._epoll.register(fd, _EPOLLIN)
-        protocol.connection_made(transport)
+        try:
+            protocol.connection_made(transport)
+        except BaseException:
+            transport.abort()  # a protocol that failed to start must not keep its socket in the set
+            raise
         return transport
 
     def close(self) -> None:
@@ -124,13 +123,13 @@ class RelayTransport:
         "_events",
     )
 
-    def __init__(self, relay: Relay, fd: int, protocol: Any, peername: Any, sockname: Any) -> None:
+    def __init__(self, relay: Relay, fd: int, protocol: Any) -> None:
         self._relay = relay
         self._fd = fd
         self._sock = socket.socket(fileno=fd)
         self._protocol = protocol
-        self._peername = peername
-        self._sockname = sockname
+        self._peername: Any = None  # read from the socket when first asked: most connections never are
+        self._sockname: Any = None
         self._buffer: Optional[list[bytes]] = None  # allocated when a write has to wait: most never need one
         self._buffered = 0
         self._reading = True
@@ -211,9 +210,13 @@ class RelayTransport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
+            if self._peername is None and self._fd >= 0:
+                self._peername = _address_of(self._sock, self._sock.getpeername)
             return self._peername if self._peername is not None else default
         if name == "sockname":
-            return self._sockname
+            if self._sockname is None and self._fd >= 0:
+                self._sockname = _address_of(self._sock, self._sock.getsockname)
+            return self._sockname if self._sockname is not None else default
         return default
 
     def get_write_buffer_size(self) -> int:
@@ -352,6 +355,14 @@ class RelayTransport:
         if not self._lost:
             self._lost = True
             self._relay.loop.call_soon(self._protocol.connection_lost, exc)
+
+
+def _address_of(sock: socket.socket, read: Any) -> Any:
+    """The socket module's address of an open socket, or None when it has none (unconnected)."""
+    try:
+        return read()
+    except OSError:
+        return None
 
 
 def _send(sock: socket.socket, data: Any) -> int:

@@ -234,15 +234,16 @@ class PgClient(ClientConnection):
             self._authenticated()
             return
         reply = auth.handle(body)  # type: ignore[union-attr]
-        self.transport.write(reply)  # type: ignore[union-attr]
         if auth.done:  # type: ignore[union-attr]
-            self._authenticated()
+            self._authenticated(reply)  # SASL final and the welcome leave in one write
+        else:
+            self.transport.write(reply)  # type: ignore[union-attr]
 
     def _auth_failed(self) -> None:
         self.stats.ClientConnectionsSetupFailedAuth += 1
         self.fatal("28P01", f'password authentication failed for user "{self.user}"')
 
-    def _authenticated(self) -> None:
+    def _authenticated(self, last_auth_reply: bytes = b"") -> None:
         if self._auth_failed_user is not None:
             raise AuthenticationFailed("unknown user")
         self._auth = None
@@ -251,8 +252,10 @@ class PgClient(ClientConnection):
         self.user, self.database = self.key
         block = self.engine.cached_welcome_block(self.endpoint_name, self.key, self.session.wanted)
         if block is not None:
-            self._send_welcome(block)
+            self._send_welcome(block, last_auth_reply)
             return
+        if last_auth_reply:
+            self.transport.write(last_auth_reply)  # type: ignore[union-attr]
         self.pause_reading()
         self._task = asyncio.ensure_future(self._prepare_welcome())
 
@@ -281,10 +284,11 @@ class PgClient(ClientConnection):
     def _welcome(self, reported: dict[str, str]) -> None:
         self._send_welcome(welcome_block(reported, self.user))
 
-    def _send_welcome(self, parameter_statuses: bytes) -> None:
+    def _send_welcome(self, parameter_statuses: bytes, last_auth_reply: bytes = b"") -> None:
         self.process_id, self.secret_key = self.engine.register_cancel_key(self)
         self.transport.write(  # type: ignore[union-attr]
-            _AUTHENTICATION_OK
+            last_auth_reply
+            + _AUTHENTICATION_OK
             + parameter_statuses
             + messages.backend_key_data(self.process_id, self.secret_key)
             + _READY_IDLE

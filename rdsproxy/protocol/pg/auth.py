@@ -113,7 +113,7 @@ def _is_prohibited_output(char: str) -> bool:
 
 
 def _hmac_sha256(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha256).digest()
+    return hmac.digest(key, message, "sha256")  # one-shot in C: no HMAC object per call
 
 
 def _derive_keys(prepared_password: bytes, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
