@@ -1,9 +1,12 @@
 """Build script: compiles the rdsproxy._codec Cython twins unless RDSPROXY_NO_EXTENSIONS=1."""
 import os
+import sys
 
 from setuptools import Extension, setup
 
-CODEC_MODULES = ["pgframe_c", "classify_c", "myframe_c", "latency_c", "relay_c"]
+CODEC_MODULES = ["pgframe_c", "classify_c", "myframe_c", "latency_c"]
+if sys.platform.startswith("linux"):
+    CODEC_MODULES.append("relay_c")  # epoll: elsewhere asyncio's own transports serve the data path
 
 ext_modules = []
 if not os.environ.get("RDSPROXY_NO_EXTENSIONS"):

@@ -62,10 +62,14 @@ def extensions_disabled() -> bool:
 
 def _load_compiled() -> CodecSet | None:
     try:
-        from . import classify_c, latency_c, myframe_c, pgframe_c, relay_c
+        from . import classify_c, latency_c, myframe_c, pgframe_c
     except ImportError:
         return None
-    return CodecSet("compiled", pgframe_c, classify_c, myframe_c, latency_c, relay_c)
+    try:
+        from . import relay_c as relay
+    except ImportError:  # built only on Linux (epoll); the twin stands in, and sockets.py won't use either
+        from . import relay_py as relay
+    return CodecSet("compiled", pgframe_c, classify_c, myframe_c, latency_c, relay)
 
 
 def _load_pure() -> CodecSet:

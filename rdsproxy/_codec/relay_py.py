@@ -11,9 +11,10 @@ READ_SIZE = 256 * 1024
 DEFAULT_HIGH_WATER = 64 * 1024
 MAX_EVENTS = 256
 
-_EPOLLIN = select.EPOLLIN
-_EPOLLOUT = select.EPOLLOUT
-_FAILED = select.EPOLLERR | select.EPOLLHUP
+# epoll is Linux's: elsewhere this module imports (the selector needs it) but Relay cannot be made.
+_EPOLLIN = getattr(select, "EPOLLIN", 0x001)
+_EPOLLOUT = getattr(select, "EPOLLOUT", 0x004)
+_FAILED = getattr(select, "EPOLLERR", 0x008) | getattr(select, "EPOLLHUP", 0x010)
 _OUT_OR_FAILED = _EPOLLOUT | _FAILED
 _IN_OR_FAILED = _EPOLLIN | _FAILED
 
