@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import select
@@ -37,7 +38,7 @@ async def open_connection(
     loop = asyncio.get_running_loop()
     if relay is None:
         return await loop.create_connection(protocol_factory, host, port)
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = _literal_address(host, port) or await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     failure: Optional[OSError] = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
@@ -54,6 +55,19 @@ async def open_connection(
         protocol = protocol_factory()
         return relay.adopt(sock, protocol), protocol
     raise failure or OSError(f"could not resolve {host}")
+
+
+def _literal_address(host: str, port: int) -> Optional[list[tuple[Any, ...]]]:
+    """getaddrinfo's answer for an IP address literal, without its trip to the executor's thread."""
+    if "%" in host:  # a scoped IPv6 address: getaddrinfo knows its interface index
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if address.version == 4:
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
 
 
 class RelayServer:
