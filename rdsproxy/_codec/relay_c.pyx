@@ -121,8 +121,12 @@ cdef class Relay:
         cdef int fd = sock.detach()
         cdef RelayTransport transport = RelayTransport.__new__(RelayTransport)
         transport._setup(self, fd, protocol)
+        try:
+            self._watch(fd, 0, EPOLLIN)
+        except OSError:
+            c_close(fd)
+            raise
         self._transports[fd] = transport
-        self._watch(fd, 0, EPOLLIN)
         transport._events = EPOLLIN
         try:
             protocol.connection_made(transport)

@@ -48,8 +48,12 @@ class Relay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         fd = sock.detach()
         transport = RelayTransport(self, fd, protocol)
+        try:
+            self._epoll.register(fd, _EPOLLIN)
+        except OSError:
+            transport._sock.close()
+            raise
         self._transports[fd] = transport
-        self._epoll.register(fd, _EPOLLIN)
         try:
             protocol.connection_made(transport)
         except BaseException:
