@@ -256,15 +256,20 @@ def test_packet_payload_parity(twins, data, start, end):
 @PARITY
 @given(script=response_scripts(st), cuts=st.lists(st.integers(min_value=1, max_value=3000), max_size=12))
 def test_my_response_scanner_parity_on_valid_streams(twins, script, cuts):
-    deprecate, commands, stream, _ = script
-    compiled, pure = twins
-    scanners = [compiled.MyResponseScanner(deprecate), pure.MyResponseScanner(deprecate)]
-    for scanner in scanners:
-        for command, cursor in commands:
-            scanner.expect(command, cursor=cursor)
+    scanners, stream = expecting_scanners(twins, script)
     for piece in chunks(stream, cuts):
         assert scanners[0].feed(piece) == scanners[1].feed(piece)
         assert_same_scanner_state(scanners)
+
+
+def expecting_scanners(twins, script) -> tuple[list, bytes]:
+    """A compiled and a pure MyResponseScanner told the script's commands, and the script's server stream."""
+    deprecate, commands, stream, _ = script
+    scanners = [twin.MyResponseScanner(deprecate) for twin in twins]
+    for scanner in scanners:
+        for command, cursor in commands:
+            scanner.expect(command, cursor=cursor)
+    return scanners, stream
 
 
 def assert_same_scanner_state(scanners) -> None:
@@ -349,12 +354,7 @@ def test_my_take_command_parity(twins, data, held, limit):
 @PARITY
 @given(script=response_scripts(st), cuts=st.lists(st.integers(min_value=1, max_value=3000), max_size=12))
 def test_my_feed_done_parity(twins, script, cuts):
-    deprecate, commands, stream, _ = script
-    compiled, pure = twins
-    scanners = [compiled.MyResponseScanner(deprecate), pure.MyResponseScanner(deprecate)]
-    for scanner in scanners:
-        for command, cursor in commands:
-            scanner.expect(command, cursor=cursor)
+    scanners, stream = expecting_scanners(twins, script)
     for piece in chunks(stream, cuts):
         assert scanners[0].feed_done(piece) == scanners[1].feed_done(piece)
         assert scanners[0].take_events() == scanners[1].take_events()
