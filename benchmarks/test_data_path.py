@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rdsproxy._codec import ACTIVE
+from rdsproxy._codec import ACTIVE, Route
 from rdsproxy.client import READY
 from rdsproxy.metrics import EndpointStats, TargetStats
 from rdsproxy.pg.backend import _FORWARD_INTERESTING, PgBackend
@@ -43,7 +43,9 @@ async def _never_connect(key: object) -> None:
 def test_pg_transaction_data_path(benchmark):
     pool = TargetPool("t", _never_connect, TargetStats("t"), limit=20, max_idle_percent=100, idle_backend_timeout=60)
     engine = SimpleNamespace(exclude_variable_sets=False, borrow_timeout=60.0)
-    engine.targets = SimpleNamespace(pool_for=lambda name: pool)
+    route = Route()
+    route.pool = pool
+    engine.targets = SimpleNamespace(pool_for=lambda name: pool, route=lambda name: route)
     client = PgClient(engine, "default", EndpointStats("default"))  # type: ignore[arg-type]
     client.transport = _NullTransport()  # type: ignore[assignment]
     client.state = READY

@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional
 
+from ._codec import BackendLane
+
 # Connection states
 CONNECTING, IDLE, ATTACHED, INTERNAL, CLOSED = range(5)
 
 
-class BackendConnection(asyncio.Protocol):
+class BackendConnection(BackendLane, asyncio.Protocol):
     """A pooled server connection. While attached, received chunks go straight to the client's transport.
+
+    Its hot fields and the attached forwarding path are BackendLane's (compiled).
 
     Engine subclasses implement data_received/connection_lost, startup and the proxy's own queries, and
     `goodbye()` (the bytes that end a session politely).
     """
 
     def __init__(self, address: str, key: Any, owner: Any) -> None:
+        super().__init__()
         self.address = address
         self.key = key  # the pool key (user, database or capability profile)
         self.owner = owner  # the engine: told when an idle backend dies
@@ -70,24 +75,6 @@ class BackendConnection(asyncio.Protocol):
         elif previous == IDLE:
             self.owner.idle_backend_lost(self)
         return previous
-
-    # ------------------------------------------------------------------ pool hooks (attaching and going idle
-    # are inlined by ClientConnection._attach and TargetPool._place: they happen once per transaction)
-    def detach(self) -> None:
-        self.client = None
-        if self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
-
-    def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None:
-            self.reading_paused = False
-            self.transport.resume_reading()
 
     def goodbye(self) -> bytes:
         return b""

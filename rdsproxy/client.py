@@ -7,7 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from .backend import ATTACHED
+from ._codec import ClientLane
 from .pool import BackendUnavailable, BorrowTimeout, Waiter
 
 if TYPE_CHECKING:
@@ -29,8 +29,11 @@ PROTOCOL = "protocol"  # the client broke the wire protocol
 INTERNAL_ERROR = "internal"  # a bug in the proxy: never a traceback to the peer
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientLane, asyncio.Protocol):
     """A client connection that holds a backend only while a transaction or a request is in flight.
+
+    The plain path (forward, borrow an idle backend, release it when the answers are complete) is ClientLane's,
+    compiled; this class does the rest: waiting, syncing session state, failures and closing.
 
     Engine subclasses frame and interpret the client's bytes, and implement: `terminate(kind, message)` (send a
     fatal error and close), `fail_requests(kind, message)` (answer in-flight requests with an error; the client
@@ -38,33 +41,15 @@ class ClientConnection(asyncio.Protocol):
     client's), `invalid_settings(exc)`, and a `session` with `pinned`, `releasable`, `outstanding` and `quiet`.
     """
 
-    # One of these exists per client connection, most of them idle: slots keep each one small.
-    __slots__ = (
-        "engine",
-        "endpoint_name",
-        "stats",
-        "transport",
-        "state",
-        "user",
-        "key",
-        "backend",
-        "pending",
-        "session",
-        "_task",
-        "_waiter",
-        "last_activity",
-        "connected_at",
-        "request_started",
-        "db_request_started",
-        "reading_paused",
-        "writing_paused",
-        "draining",
-    )
+    __slots__ = ()  # every field is a ClientLane one: typed in the compiled twin
 
     def __init__(self, engine: Any, endpoint_name: str, stats: EndpointStats) -> None:
+        super().__init__()
         self.engine = engine
         self.endpoint_name = endpoint_name
         self.stats = stats
+        targets = engine.targets
+        self.route = targets.route(endpoint_name) if targets is not None else None
         self.transport: Optional[asyncio.Transport] = None
         self.state = STARTUP
         self.user = ""
@@ -150,35 +135,19 @@ class ClientConnection(asyncio.Protocol):
     def authenticating(self) -> bool:
         return self.state == STARTUP or self.state == AUTH
 
-    # ------------------------------------------------------------------ forwarding requests
-    def forward(self, data: bytes) -> None:
-        """Send request bytes to this client's backend, borrowing one first when it has none."""
-        if self.pending is not None:  # waiting for a backend, or for the proxy's own exchange on it
-            self.pending.append(data)
-            # A client that keeps sending while it waits is stopped here, which bounds what it can queue. Not
-            # earlier: pausing every waiting client costs two epoll_ctl calls per borrow when the pool is busy.
-            self.pause_reading()
-        elif self.backend is not None:
-            self.backend.transport.write(data)
-        else:
-            self._borrow_and_send(data)
-
-    def _borrow_and_send(self, data: bytes) -> None:
-        engine = self.engine
-        pool = engine.targets.pool_for(self.endpoint_name)
-        if pool is not None:
-            backend = pool.try_borrow(self.key)
-            if backend is not None and self.sync_sql(backend) is None:
-                self._attach(backend)
-                backend.transport.write(data)
-                return
-        self.pending = [data]
+    # ------------------------------------------------------------------ waiting for a backend
+    def wait_for_backend(self, pool: Any, backend: Any) -> None:
+        """ClientLane could not attach a backend at once: wait for a target (no pool) or for a backend (none was
+        idle), or bring the borrowed one's session state in line first. The request waits in `pending`."""
         if pool is None:  # no healthy target right now: wait for one
             self._task = asyncio.ensure_future(self._borrow_slow(None))
         elif backend is None:
-            self._waiter = pool.borrow_later(self.key, self._borrowed, engine.borrow_timeout)
+            self._waiter = pool.borrow_later(self.key, self._borrowed, self.engine.borrow_timeout)
         else:  # its session state must be brought in line first
             self._task = asyncio.ensure_future(self._borrow_slow(backend))
+
+    def attached(self, backend: Any) -> None:
+        """Called after each attach when `attach_hook` is set."""
 
     def _borrowed(self, backend: Any, exc: Optional[BaseException]) -> bool:
         """The pool's answer to this client's borrow: forward what waited, or fail it. Returns: backend taken."""
@@ -198,7 +167,7 @@ class ClientConnection(asyncio.Protocol):
         if self.sync_sql(backend) is not None:
             self._task = asyncio.ensure_future(self._borrow_slow(backend))
             return True
-        self._attach(backend)
+        self.attach(backend)
         pending, self.pending = self.pending, None
         if pending:
             backend.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
@@ -246,7 +215,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state == CLOSED:
             engine.return_clean(backend)
             return
-        self._attach(backend)
+        self.attach(backend)
         pending, self.pending = self.pending, None
         if pending:
             backend.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
@@ -258,34 +227,6 @@ class ClientConnection(asyncio.Protocol):
             return
         self.fail_requests(kind, message, sqlstate)
         self.resume_reading()
-
-    def _attach(self, backend: Any) -> None:
-        self.backend = backend
-        backend.client = self
-        backend.state = ATTACHED
-        self.db_request_started = time.monotonic()
-        if self.writing_paused:
-            backend.pause_reading()
-
-    def responses_complete(self) -> None:
-        """Every request in flight has its answer: account latencies, release the backend if the session allows."""
-        now = time.monotonic()
-        self.last_activity = now  # a long query is activity: idleness starts when its answer is complete
-        self.stats.QueryResponseLatency.observe(int((now - self.request_started) * 1_000_000))
-        backend = self.backend
-        if backend is None:
-            return
-        backend.pool.stats.QueryDatabaseResponseLatency.observe(int((now - self.db_request_started) * 1_000_000))
-        self.db_request_started = now
-        if self.session.releasable:
-            self.backend = None
-            if backend.reading_paused:
-                backend.detach()
-            else:
-                backend.client = None  # detach() without a call: this runs once per transaction
-            backend.pool.give_back(backend)
-            if self.draining:
-                self.terminate(SHUTDOWN, "terminating connection because the proxy is shutting down")
 
     def backend_lost(self, backend: Any) -> None:
         """The attached backend's connection died (server restart, killed session, network)."""

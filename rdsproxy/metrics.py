@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 
 # Latency is a codec: compiled (latency_c) unless RDSPROXY_NO_EXTENSIONS=1 picks the pure twin, because observe()
 # runs several times per proxied transaction. Its bucket bounds are defined once, in latency_py.
-from ._codec import Latency
+from ._codec import EndpointCounters, Latency, TargetCounters
 from ._codec.latency_py import LATENCY_BUCKET_BOUNDS_US
 
 __all__ = [
@@ -146,10 +146,17 @@ def prometheus_name(metric_name: str) -> str:
     return name
 
 
-class EndpointStats:
-    """Client-side numbers of one endpoint; the proxy bumps the attributes directly."""
+class EndpointStats(EndpointCounters):
+    """Client-side numbers of one endpoint; the proxy bumps the attributes directly.
 
-    __slots__ = ("name",) + ENDPOINT_GAUGES + ENDPOINT_COUNTERS + ENDPOINT_LATENCIES
+    The ones every transaction bumps are EndpointCounters' (typed fields in the compiled twin).
+    """
+
+    __slots__ = tuple(
+        name
+        for name in ("name",) + ENDPOINT_GAUGES + ENDPOINT_COUNTERS + ENDPOINT_LATENCIES
+        if not hasattr(EndpointCounters, name)
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -166,10 +173,17 @@ class EndpointStats:
         self.QueryResponseLatency = Latency()
 
 
-class TargetStats:
-    """Database-side numbers of one backend target; the proxy bumps the attributes directly."""
+class TargetStats(TargetCounters):
+    """Database-side numbers of one backend target; the proxy bumps the attributes directly.
 
-    __slots__ = ("role", "address", "pinning_reasons") + TARGET_GAUGES + TARGET_COUNTERS + TARGET_LATENCIES
+    The ones every transaction bumps are TargetCounters' (typed fields in the compiled twin).
+    """
+
+    __slots__ = tuple(
+        name
+        for name in ("role", "address", "pinning_reasons") + TARGET_GAUGES + TARGET_COUNTERS + TARGET_LATENCIES
+        if not hasattr(TargetCounters, name)
+    )
 
     def __init__(self, address: str, role: str = "UNKNOWN") -> None:
         self.address = address

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ._codec import PoolLane
 from .backend import IDLE
 from .errors import RdsProxyError
 
@@ -66,11 +67,12 @@ Deliver = Callable[[Any, Optional[BaseException]], bool]
 Connector = Callable[[PoolKey], Awaitable[Any]]
 
 
-class TargetPool:
+class TargetPool(PoolLane):
     """All backend connections to one target, under that target's connection budget.
 
     Borrowing is synchronous when an idle backend of the right (user, database) exists (the common case), so the
-    data path only awaits when it must open a connection or queue.
+    data path only awaits when it must open a connection or queue. That case, and giving a backend back when
+    nobody waits, are PoolLane's (compiled).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class TargetPool:
         max_idle_percent: int,
         idle_backend_timeout: float,
     ) -> None:
+        super().__init__()
         self.address = address
         self._connector = connector
         self.stats = stats
@@ -103,23 +106,7 @@ class TargetPool:
         self.welcome_cache: dict[Any, bytes] = {}  # the engine's: encoded greetings per kind of session
         stats.MaxDatabaseConnectionsAllowed = limit
 
-    # ------------------------------------------------------------------ borrowing
-    def try_borrow(self, key: PoolKey) -> Any:
-        """An idle backend for `key` right now, or None (then call `borrow_later` or `borrow`)."""
-        # An idle backend for `key` implies nobody waits for `key` (it would have been handed over), so taking
-        # it does not jump the FIFO queue.
-        idle = self._idle.get(key)
-        if idle:
-            backend = idle.pop()  # LIFO: the warmest connection, and lets the coldest age out
-            self._idle_count -= 1
-            stats = self.stats
-            stats.DatabaseConnectionRequests += 1
-            self._borrowed += 1
-            stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
-            stats.DatabaseConnectionsBorrowLatency.observe_zero()
-            return backend
-        return None
-
+    # ------------------------------------------------------------------ borrowing (try_borrow: PoolLane)
     def borrow_later(self, key: PoolKey, deliver: Deliver, timeout: float) -> Waiter:
         """Queue (FIFO) for a backend for `key`; `deliver` hears the backend or the error, synchronously.
 
@@ -280,16 +267,7 @@ class TargetPool:
                 waiter.deliver(None, exc)
                 return
 
-    # ------------------------------------------------------------------ returning
-    def give_back(self, backend: Any) -> None:
-        """A borrowed backend is clean and idle again: hand it to a waiter or keep it."""
-        self._borrowed -= 1
-        self.stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
-        if backend.broken or self._closed:
-            self._discard(backend)
-            return
-        self._place(backend)
-
+    # ------------------------------------------------------------------ returning (give_back: PoolLane)
     def discard_borrowed(self, backend: Any) -> None:
         """A borrowed backend cannot be reused (dirty, broken): close it and free its budget slot."""
         self._borrowed -= 1

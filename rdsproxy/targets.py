@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ._codec import Route
 from .config import parse_host_port
 from .errors import RdsProxyError
 from .pool import TargetPool
@@ -38,16 +39,41 @@ class Target:
         self.port = port
         self.pool = pool
         self.stats = stats
-        self.role = UNKNOWN
-        self.healthy = False
+        self.on_change: Callable[[], None] = _nothing  # told when role or health changes
+        self._role = UNKNOWN
+        self._healthy = False
         self.max_connections = 0
         self.reserved = 0
         self.monitor: Any = None
         self.last_error: Optional[str] = None
 
+    @property
+    def role(self) -> str:
+        return self._role
+
+    @role.setter
+    def role(self, role: str) -> None:
+        if role != self._role:
+            self._role = role
+            self.on_change()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @healthy.setter
+    def healthy(self, healthy: bool) -> None:
+        if healthy != self._healthy:
+            self._healthy = healthy
+            self.on_change()
+
     def set_role(self, role: str) -> None:
         self.role = role
         self.stats.role = role
+
+
+def _nothing() -> None:
+    pass
 
 
 class Targets:
@@ -60,6 +86,7 @@ class Targets:
         self.by_address: dict[str, Target] = {}
         self._endpoint_roles = {e.name: e.target_role for e in config.endpoints}
         self._reader_turn = 0
+        self._routes: dict[str, Route] = {}
         self._task: Optional[asyncio.Task] = None
         tg = config.target_group
         for address in tg.targets:
@@ -79,6 +106,7 @@ class Targets:
                 idle_backend_timeout=tg.idle_backend_timeout,
             )
             target = Target(address, host, port, pool, stats)
+            target.on_change = self._reroute
             target_ref["target"] = target
             self.all.append(target)
             self.by_address[address] = target
@@ -152,6 +180,23 @@ class Targets:
             if target.role == WRITER and target.healthy:
                 return target.pool
         return None
+
+    def route(self, endpoint_name: str) -> Route:
+        """Where `endpoint_name`'s borrows go, kept current on every role or health change (for ClientLane).
+
+        A READ_ONLY endpoint's route stays empty: each of its borrows picks the next reader in pool_for.
+        """
+        route = self._routes.get(endpoint_name)
+        if route is None:
+            route = self._routes[endpoint_name] = Route()
+            self._reroute()
+        return route
+
+    def _reroute(self) -> None:
+        writer = self.writer()
+        pool = writer.pool if writer is not None else None
+        for endpoint_name, route in self._routes.items():
+            route.pool = None if self._endpoint_roles.get(endpoint_name) == "READ_ONLY" else pool
 
     def healthy(self) -> bool:
         return self.writer() is not None

@@ -16,6 +16,7 @@ class CodecSet(NamedTuple):
     myframe: ModuleType
     latency: ModuleType
     relay: ModuleType
+    lane: ModuleType
 
     @property
     def ClientFramer(self) -> type:
@@ -62,20 +63,20 @@ def extensions_disabled() -> bool:
 
 def _load_compiled() -> CodecSet | None:
     try:
-        from . import classify_c, latency_c, myframe_c, pgframe_c
+        from . import classify_c, lane_c, latency_c, myframe_c, pgframe_c
     except ImportError:
         return None
     try:
         from . import relay_c as relay
     except ImportError:  # built only on Linux (epoll); the twin stands in, and sockets.py won't use either
         from . import relay_py as relay
-    return CodecSet("compiled", pgframe_c, classify_c, myframe_c, latency_c, relay)
+    return CodecSet("compiled", pgframe_c, classify_c, myframe_c, latency_c, relay, lane_c)
 
 
 def _load_pure() -> CodecSet:
-    from . import classify_py, latency_py, myframe_py, pgframe_py, relay_py
+    from . import classify_py, lane_py, latency_py, myframe_py, pgframe_py, relay_py
 
-    return CodecSet("pure", pgframe_py, classify_py, myframe_py, latency_py, relay_py)
+    return CodecSet("pure", pgframe_py, classify_py, myframe_py, latency_py, relay_py, lane_py)
 
 
 IMPLEMENTATIONS: dict[str, CodecSet] = {"pure": _load_pure()}
@@ -101,17 +102,29 @@ parse_kill = ACTIVE.classify.parse_kill
 tokenize = ACTIVE.classify.tokenize
 Latency = ACTIVE.latency.Latency
 Relay = ACTIVE.relay.Relay
+ClientLane = ACTIVE.lane.ClientLane
+BackendLane = ACTIVE.lane.BackendLane
+PoolLane = ACTIVE.lane.PoolLane
+Route = ACTIVE.lane.Route
+EndpointCounters = ACTIVE.lane.EndpointCounters
+TargetCounters = ACTIVE.lane.TargetCounters
 
 __all__ = [
     "ACTIVE",
     "COMPILED",
+    "BackendLane",
+    "ClientLane",
     "IMPLEMENTATIONS",
     "ClientFramer",
     "CodecSet",
+    "EndpointCounters",
     "Latency",
     "MyClientFramer",
     "MyResponseScanner",
     "PgRequestState",
+    "PoolLane",
+    "Route",
+    "TargetCounters",
     "ServerScanner",
     "classify_mysql",
     "classify_pg",

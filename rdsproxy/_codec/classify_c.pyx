@@ -797,11 +797,20 @@ cdef int pg_statement_finish(PgStatement* st) noexcept nogil:
 def classify_pg(sql) -> int:
     """OR of the flags (see flags.py) of every statement in a PostgreSQL query text."""
     cdef bytes data = as_bytes(sql)
+    return classify_pg_span(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+
+cdef int classify_pg_span(const unsigned char* s, Py_ssize_t n) noexcept:
+    """classify_pg of the n bytes at s (a query inside a message, without copying it out)."""
     cdef Lexer lx
     cdef Token tok
     cdef PgStatement st
     cdef int flags = 0
-    lexer_start(&lx, data, OPT_PG)
+    lx.s = s
+    lx.n = n
+    lx.pos = 0
+    lx.options = OPT_PG
+    lx.in_executable_comment = False
     pg_statement_start(&st)
     while lex_next(&lx, &tok):
         if tok.kind == TK_SEMI:

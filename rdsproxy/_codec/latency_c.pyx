@@ -1,7 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Latency histogram compiled with Cython: the fast twin of latency_py with the same API and behaviour."""
 
-cimport cython
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.number cimport PyNumber_Index
 from libc.limits cimport LLONG_MAX, LLONG_MIN
@@ -11,10 +10,6 @@ from libc.string cimport memset
 from .latency_py import BUCKET_LABELS, LATENCY_BUCKET_BOUNDS_US, cumulative_pairs
 
 __all__ = ["BUCKET_LABELS", "LATENCY_BUCKET_BOUNDS_US", "Latency", "cumulative_pairs"]
-
-cdef enum:
-    # Capacity of the C arrays; the import fails loudly if LATENCY_BUCKET_BOUNDS_US ever outgrows it.
-    MAX_BOUNDS = 63
 
 cdef long long _BOUNDS[MAX_BOUNDS]
 cdef Py_ssize_t _NBOUNDS = 0
@@ -36,17 +31,8 @@ cdef void _load_bounds(tuple bounds) except *:
 _load_bounds(LATENCY_BUCKET_BOUNDS_US)
 
 
-@cython.final
 cdef class Latency:
     """Microsecond latencies in fixed buckets: `buckets[i]` counts values in (bound[i-1], bound[i]]."""
-
-    cdef readonly long long count
-    # sum_us is _sum_spill + _sum: the C accumulator takes every value that fits in int64 and the Python int
-    # takes what would overflow it, so the sum stays exact (as in the pure twin) at no cost on the hot path.
-    cdef long long _sum
-    cdef object _sum_spill
-    # One more slot than bounds: the overflow bucket (+Inf).
-    cdef long long _counts[MAX_BOUNDS + 1]
 
     def __cinit__(self):
         self.count = 0
@@ -58,13 +44,16 @@ cdef class Latency:
         cdef int overflow = 0
         # Converted before anything is counted, so a non-integer raises TypeError and leaves no trace.
         cdef long long value = PyLong_AsLongLongAndOverflow(us, &overflow)
-        cdef Py_ssize_t base = 0, n = _NBOUNDS, half
         if overflow:
             # Beyond int64: above every bound (or, negative, below the first, where bisect_left puts it too).
             self._counts[_NBOUNDS if overflow > 0 else 0] += 1
             self.count += 1
             self._sum_spill = self._sum_spill + PyNumber_Index(us)
             return
+        self._observe(value)
+
+    cdef void _observe(self, long long value) noexcept:
+        cdef Py_ssize_t base = 0, n = _NBOUNDS, half
         # bisect_left (the first bound >= value) without data-dependent branches: the loop runs a fixed number of
         # times for the fixed bounds and each step is a conditional move, so scattered latencies cost no
         # mispredicted jumps.
@@ -83,6 +72,9 @@ cdef class Latency:
 
     def observe_zero(self):
         """observe(0) without the search: a borrow served from the idle list (the common case) waited 0 us."""
+        self._observe_zero()
+
+    cdef void _observe_zero(self) noexcept:
         self._counts[0] += 1
         self.count += 1
 

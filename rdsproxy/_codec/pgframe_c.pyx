@@ -12,7 +12,7 @@ from libc.stdint cimport int32_t, uint32_t
 from libc.string cimport memchr, memcpy, memset
 
 from ..errors import ProtocolViolation
-from .classify_c import classify_pg
+from .classify_c cimport classify_pg_span
 
 __all__ = [
     "DEFAULT_INTERESTING",
@@ -52,14 +52,6 @@ cdef str type_name(int msg_type):
 
 cdef class ClientFramer:
     """Cuts the client->proxy byte stream into complete PostgreSQL messages."""
-
-    cdef bint _in_startup
-    cdef long long _max_message_size
-    cdef bytearray _held
-    # Total size of the held incomplete message once its header is known: lets a large message
-    # arriving in many chunks be accumulated without rescanning (0 = unknown).
-    cdef Py_ssize_t _need
-    cdef bint _broken
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self._max_message_size = max_message_size
@@ -183,17 +175,6 @@ cdef class ClientFramer:
 cdef class ServerScanner:
     """Finds message boundaries in a backend->proxy stream and extracts only the messages that change state."""
 
-    cdef bytes _interesting
-    cdef unsigned char _wanted[256]
-    cdef unsigned char _header[5]  # the first bytes of a header split across chunks
-    cdef int _header_len
-    cdef Py_ssize_t _remaining  # body bytes of the current message still to come
-    cdef bint _collecting
-    cdef int _body_type
-    cdef bytearray _body
-    cdef bint _broken
-    cdef list _events  # the last feed_ready() chunk's events, when they were more than ReadyForQuery
-
     def __init__(self, interesting: bytes = DEFAULT_INTERESTING) -> None:
         self.interesting = interesting
         self.reset()
@@ -234,6 +215,9 @@ cdef class ServerScanner:
         Returns `count << 8 | last transaction status byte` (0: nothing interesting) when the chunk's interesting
         messages are all ReadyForQuery; otherwise -1, and take_events() returns them all, as feed() would have.
         """
+        return self._feed_ready(data)
+
+    cdef long long _feed_ready(self, data) except? -2:
         cdef list events = self._feed(data)
         cdef Py_ssize_t count = len(events)
         cdef int status = 0
@@ -335,18 +319,6 @@ cdef class PgRequestState:
     the full path (PgSession.client_messages) by returning -1 with nothing consumed or changed.
     """
 
-    cdef public long long outstanding  # requests sent whose ReadyForQuery has not come back yet
-    cdef public bint batch_open  # extended-protocol messages sent since the last Sync
-    cdef public bint copy_in  # backend is in COPY FROM STDIN: the client's Syncs are ignored by it
-    cdef public long long syncs_since_execute
-    cdef public int status  # last ReadyForQuery transaction status
-    cdef public bint pinned
-    cdef public object failing  # (sqlstate, message) owed for the next request
-    cdef public bint flush_pending  # the open batch holds a Flush: its sender may be waiting for replies now
-    cdef public bint discarding  # this batch's error was sent: drop messages up to Sync, answer it with Z
-    cdef public long long pin_mask  # classify flags that pin (the full path records which and why)
-    cdef public Py_ssize_t inspect_limit  # longer statements pin
-
     def __init__(self) -> None:
         self.outstanding = 0
         self.batch_open = False
@@ -375,6 +347,9 @@ cdef class PgRequestState:
 
     def take_plain(self, ClientFramer framer not None, data) -> int:
         """Accounts `data` if it is plain requests only; returns the Query/Execute count, or -1 (not taken)."""
+        return self._take_plain(framer, data)
+
+    cdef long long _take_plain(self, ClientFramer framer, data) except? -2:
         if type(data) is not bytes:
             return -1
         if framer._broken or framer._in_startup or PyByteArray_GET_SIZE(framer._held):
@@ -444,4 +419,5 @@ cdef class PgRequestState:
     cdef bint _plain_sql(self, bytes chunk, Py_ssize_t start, Py_ssize_t end) except -1:
         if end - start > self.inspect_limit:
             return False
-        return (<long long>classify_pg(chunk[start:end]) & self.pin_mask) == 0
+        return (<long long>classify_pg_span(<const unsigned char*>PyBytes_AS_STRING(chunk) + start, end - start)
+                & self.pin_mask) == 0

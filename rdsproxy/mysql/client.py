@@ -92,7 +92,6 @@ class MyClient(ClientConnection):
     """A MySQL client connection: the proxy is its server; backends are borrowed per transaction."""
 
     __slots__ = (
-        "framer",
         "connection_id",
         "scramble",
         "capabilities",
@@ -111,6 +110,7 @@ class MyClient(ClientConnection):
         super().__init__(engine, endpoint_name, stats)
         self.framer = MyClientFramer(MAX_SETUP_PACKET)
         self.session = MySession(exclude_variable_sets=engine.exclude_variable_sets)
+        self.attach_hook = True
         self.backend: Optional[MyBackend] = None
         self.connection_id = 0
         self.scramble = scramble()
@@ -325,8 +325,8 @@ class MyClient(ClientConnection):
             self.expects.append((expect, cursor))
         self.forward(data)
 
-    def _attach(self, backend: MyBackend) -> None:
-        super()._attach(backend)
+    def attached(self, backend: MyBackend) -> None:
+        # the replies it will send are what the requests queued meanwhile expect
         for command, cursor in self.expects:
             backend.scanner.expect(command, cursor=cursor)
         self.expects.clear()

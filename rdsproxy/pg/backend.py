@@ -7,7 +7,7 @@ import logging
 import struct
 from typing import TYPE_CHECKING, Any, Optional
 
-from .._codec import ServerScanner
+from .._codec import BackendLane, ServerScanner
 from ..backend import ATTACHED, CONNECTING, IDLE, INTERNAL, BackendConnection
 from ..errors import AuthenticationFailed, ProtocolViolation
 from ..pool import BackendUnavailable
@@ -84,30 +84,25 @@ class PgBackend(BackendConnection):
         self._rows: list[list[Optional[str]]] = []
         self._error: Optional[dict[str, str]] = None
 
-    def data_received(self, data: bytes) -> None:
-        client = self.client
-        if client is not None:
-            # steady state: forward first, then account for the few messages that change state
-            try:
-                ready = self.scanner.feed_ready(data)
-                if ready >= 0:  # the hot path: nothing but (maybe) ReadyForQuery in this chunk
-                    client.transport.write(data)
-                    if ready:
-                        client.ready_for_query(ready)
-                    return
-                events = self.scanner.take_events()
-                if _E in [event[0] for event in events]:
-                    data, fatal_reason = _without_fatal_errors(data, events)
-                    self.fatal_reason = fatal_reason or self.fatal_reason
-                client.transport.write(data)
-                if events:
-                    client.backend_events(events)
-            except ProtocolViolation:
-                self.transport.abort()  # type: ignore[union-attr]  # connection_lost tells the client
-            except Exception:  # noqa: BLE001 - never leave a half-handled backend in service
-                log.exception("internal error while forwarding from %s; closing that connection", self.address)
-                self.transport.abort()  # type: ignore[union-attr]
-            return
+    # while attached, the compiled lane forwards and accounts ReadyForQuery; the rest comes to the methods below
+    data_received = BackendLane.pg_data_received
+
+    def forward_events(self, client: PgClient, data: bytes) -> None:
+        """An attached chunk held state-changing messages (feed_ready said -1): forward it, then apply them."""
+        events = self.scanner.take_events()
+        if _E in [event[0] for event in events]:
+            data, fatal_reason = _without_fatal_errors(data, events)
+            self.fatal_reason = fatal_reason or self.fatal_reason
+        client.transport.write(data)  # type: ignore[union-attr]
+        if events:
+            client.backend_events(events)
+
+    def forwarding_failed(self, exc: Exception) -> None:
+        if not isinstance(exc, ProtocolViolation):
+            log.error("internal error while forwarding from %s; closing that connection", self.address, exc_info=exc)
+        self.transport.abort()  # type: ignore[union-attr]  # connection_lost tells the client
+
+    def data_received_unattached(self, data: bytes) -> None:
         try:
             events = self.scanner.feed(data)
         except ProtocolViolation as exc:

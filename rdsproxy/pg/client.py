@@ -7,7 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Optional, Union
 
-from .._codec import ClientFramer
+from .._codec import ClientFramer, ClientLane
 from ..client import (
     AUTH,
     AUTH_TIMEOUT,
@@ -69,12 +69,13 @@ def welcome_block(reported: dict[str, str], user: str) -> bytes:
 class PgClient(ClientConnection):
     """A PostgreSQL client connection: startup and auth by the proxy, then transaction-pooled forwarding."""
 
-    __slots__ = ("framer", "database", "_auth", "_auth_failed_user", "process_id", "secret_key")
+    __slots__ = ("database", "_auth", "_auth_failed_user", "process_id", "secret_key")
 
     def __init__(self, engine: PgEngine, endpoint_name: str, stats: EndpointStats) -> None:
         super().__init__(engine, endpoint_name, stats)
         self.framer = ClientFramer(MAX_SETUP_MESSAGE)
         self.session = PgSession(exclude_variable_sets=engine.exclude_variable_sets)
+        self.wanted = self.session.wanted  # changed in place only: ClientLane compares it with a backend's
         self.database = ""
         self.backend: Optional[PgBackend] = None
         self._auth: Optional[Union[ScramServer, Md5Server]] = None
@@ -87,28 +88,11 @@ class PgClient(ClientConnection):
         return self.process_id
 
     # ------------------------------------------------------------------ asyncio.Protocol
-    def data_received(self, data: bytes) -> None:
-        self.last_activity = now = time.monotonic()
+    # plain requests in the READY state are accounted and forwarded by the compiled lane; the rest comes here
+    data_received = ClientLane.pg_data_received
+
+    def data_received_full(self, data: bytes) -> None:
         try:
-            if self.state == READY:
-                # the hot path: a chunk of plain requests is accounted in one compiled call and forwarded whole
-                session = self.session
-                was_quiet = session.outstanding == 0
-                requests = session.take_plain(self.framer, data)
-                if requests >= 0:
-                    if requests:
-                        stats = self.stats
-                        stats.QueryRequests += requests
-                        stats.QueryRequestsNoTLS += requests
-                    if was_quiet and session.outstanding > 0:
-                        self.request_started = now
-                    if self.pending is not None:
-                        self.forward(data)
-                    elif self.backend is not None:
-                        self.backend.transport.write(data)
-                    else:
-                        self._borrow_and_send(data)
-                    return
             buf, msgs = self.framer.feed(data)
             if not msgs:
                 return
@@ -116,12 +100,17 @@ class PgClient(ClientConnection):
                 self._requests(buf, msgs)
             else:
                 self._setup_messages(buf, msgs)
-        except ProtocolViolation as exc:
+        except Exception as exc:  # noqa: BLE001 - mapped to the client's error by data_failed
+            self.data_failed(exc)
+
+    def data_failed(self, exc: Exception) -> None:
+        """Handling the client's bytes raised: end this connection with the error it deserves."""
+        if isinstance(exc, ProtocolViolation):
             self.terminate(PROTOCOL, f"protocol violation: {exc}")
-        except AuthenticationFailed:
+        elif isinstance(exc, AuthenticationFailed):
             self._auth_failed()
-        except Exception:  # noqa: BLE001 - a proxy bug must end this connection only, and quietly for the peer
-            log.exception("internal error while serving client %d; closing it", self.process_id)
+        else:  # a proxy bug must end this connection only, and quietly for the peer
+            log.error("internal error while serving client %d; closing it", self.process_id, exc_info=exc)
             self.terminate(INTERNAL_ERROR, "internal error in the proxy; the connection was closed")
 
     def eof_received(self) -> bool:
@@ -148,17 +137,6 @@ class PgClient(ClientConnection):
             self.forward(batch.forward)
         if batch.terminate:
             self.close()
-
-    def ready_for_query(self, ready: int) -> None:
-        """Called by the attached backend after it forwarded a chunk whose only news is ReadyForQuery.
-
-        `ready` is ServerScanner.feed_ready's answer: how many (above the low byte) and the last status (in it).
-        """
-        session = self.session
-        session.outstanding -= ready >> 8
-        session.status = ready & 0xFF
-        if session.outstanding <= 0:
-            self.responses_complete()
 
     def backend_events(self, events: list) -> None:
         """Called by the attached backend after it forwarded a chunk with state-changing messages."""

@@ -1,0 +1,3 @@
+# Declarations of classify_c's C entry points, so that pgframe_c classifies SQL inside a message without a copy.
+
+cdef int classify_pg_span(const unsigned char* s, Py_ssize_t n) noexcept

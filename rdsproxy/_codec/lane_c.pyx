@@ -1,0 +1,347 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The per-transaction data path compiled: borrow, forward and release backends on typed state (twin of lane_py).
+
+ClientConnection, BackendConnection and TargetPool are Python subclasses of these classes. Every transaction
+crosses this code twice (the client's request, then the server's ReadyForQuery); here it runs without a Python
+frame or a dictionary-backed attribute. Whatever is not the plain case (queueing for a backend, syncing session
+state, pins, errors) calls back into the Python subclasses.
+"""
+
+from .latency_c cimport Latency
+from .pgframe_c cimport ClientFramer, PgRequestState, ServerScanner
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clock_id, timespec *tp)
+    enum:
+        CLOCK_MONOTONIC
+
+__all__ = [
+    "STATE_NUMBERS",
+    "BackendLane",
+    "ClientLane",
+    "EndpointCounters",
+    "PoolLane",
+    "Route",
+    "TargetCounters",
+    "monotonic",
+]
+
+# Connection states, the same numbers as rdsproxy.client and rdsproxy.backend (a test holds them equal).
+cdef enum:
+    CLIENT_READY = 3
+    CLIENT_CLOSED = 4
+    BACKEND_IDLE = 1
+    BACKEND_ATTACHED = 2
+
+cdef enum:
+    TRANSACTION_IDLE = 73  # ReadyForQuery status 'I'
+
+# the same, for Python (and the test that holds them equal to rdsproxy.client's and rdsproxy.backend's)
+STATE_NUMBERS = {"client READY": CLIENT_READY, "client CLOSED": CLIENT_CLOSED, "backend IDLE": BACKEND_IDLE,
+                 "backend ATTACHED": BACKEND_ATTACHED}
+
+SHUTDOWN = "shutdown"  # rdsproxy.client.SHUTDOWN
+
+
+cdef inline double _now() noexcept nogil:
+    # time.monotonic() reads the same clock: values from both are compared with each other
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+def monotonic():
+    """time.monotonic(), as the data path reads it."""
+    return _now()
+
+
+cdef class EndpointCounters:
+    """The numbers of an endpoint that every transaction bumps; the base of rdsproxy.metrics.EndpointStats."""
+
+    cdef public long long QueryRequests
+    cdef public long long QueryRequestsNoTLS
+    cdef public Latency QueryResponseLatency
+
+
+cdef class TargetCounters:
+    """The numbers of a target that every transaction bumps; the base of rdsproxy.metrics.TargetStats."""
+
+    cdef public long long DatabaseConnectionRequests
+    cdef public long long DatabaseConnectionsCurrentlyBorrowed
+    cdef public Latency DatabaseConnectionsBorrowLatency
+    cdef public Latency QueryDatabaseResponseLatency
+
+
+cdef class Route:
+    """The pool serving an endpoint's borrows now, kept current by rdsproxy.targets (None: ask Targets.pool_for)."""
+
+    cdef public PoolLane pool
+
+
+cdef class ClientLane:
+    """A client connection's data-path state; the base of rdsproxy.client.ClientConnection."""
+
+    cdef public object engine
+    cdef public object endpoint_name
+    cdef public EndpointCounters stats
+    cdef public Route route  # set by the engine; None: every borrow asks Targets.pool_for
+    cdef public object transport
+    cdef public int state
+    cdef public object user
+    cdef public object key
+    cdef public BackendLane backend
+    cdef public list pending  # requests waiting for a backend, or for the proxy's own exchange on it
+    cdef public object session
+    cdef public object framer
+    cdef public object wanted  # the session's tracked settings, compared with a backend's `applied`; None: ask sync_sql
+    cdef public object _task
+    cdef public object _waiter
+    cdef public double last_activity
+    cdef public double connected_at
+    cdef public double request_started
+    cdef public double db_request_started
+    cdef public bint reading_paused
+    cdef public bint writing_paused
+    cdef public bint draining
+    cdef public bint attach_hook  # call attached(backend) after each attach (MySQL hands over expected replies)
+
+    # ------------------------------------------------------------------ forwarding requests
+    def forward(self, data):
+        """Send request bytes to this client's backend, borrowing one first when it has none."""
+        self._forward(data)
+
+    cdef int _forward(self, data) except -1:
+        if self.pending is not None:
+            self.pending.append(data)
+            # A client that keeps sending while it waits is stopped here, which bounds what it can queue. Not
+            # earlier: pausing every waiting client costs two epoll_ctl calls per borrow when the pool is busy.
+            self.pause_reading()
+        elif self.backend is not None:
+            self.backend.transport.write(data)
+        else:
+            self._borrow_and_send(data)
+        return 0
+
+    cdef int _borrow_and_send(self, data) except -1:
+        cdef PoolLane pool = self.route.pool if self.route is not None else None
+        cdef BackendLane backend = None
+        if pool is None:
+            pool = self.engine.targets.pool_for(self.endpoint_name)
+        if pool is not None:
+            backend = pool._try_borrow(self.key)
+            if backend is not None and self._in_sync(backend):
+                self._attach(backend)
+                backend.transport.write(data)
+                return 0
+        self.pending = [data]
+        self.wait_for_backend(pool, backend)
+        return 0
+
+    cdef bint _in_sync(self, BackendLane backend) except -1:
+        if self.wanted is not None:
+            return backend.applied == self.wanted  # the common case, checked without building anything
+        return self.sync_sql(backend) is None
+
+    def attach(self, BackendLane backend not None):
+        """Make `backend` this client's: the server's replies go straight to the client from now on."""
+        self._attach(backend)
+
+    cdef int _attach(self, BackendLane backend) except -1:
+        self.backend = backend
+        backend.client = self
+        backend.state = BACKEND_ATTACHED
+        self.db_request_started = _now()
+        if self.writing_paused:
+            backend.pause_reading()
+        if self.attach_hook:
+            self.attached(backend)
+        return 0
+
+    # ------------------------------------------------------------------ answers complete
+    def responses_complete(self):
+        """Every request in flight has its answer: account latencies, release the backend if the session allows."""
+        self._responses_complete()
+
+    cdef int _responses_complete(self) except -1:
+        cdef double now = _now()
+        cdef BackendLane backend
+        cdef PoolLane pool
+        self.last_activity = now  # a long query is activity: idleness starts when its answer is complete
+        self.stats.QueryResponseLatency._observe(<long long>((now - self.request_started) * 1000000))
+        backend = self.backend
+        if backend is None:
+            return 0
+        pool = backend.pool
+        pool.stats.QueryDatabaseResponseLatency._observe(<long long>((now - self.db_request_started) * 1000000))
+        self.db_request_started = now
+        if self._releasable():
+            self.backend = None
+            if backend.reading_paused:
+                backend.detach()
+            else:
+                backend.client = None
+            pool._give_back(backend)
+            if self.draining:
+                self.terminate(SHUTDOWN, "terminating connection because the proxy is shutting down")
+        return 0
+
+    cdef bint _releasable(self) except -1:
+        cdef PgRequestState pg
+        session = self.session
+        if isinstance(session, PgRequestState):
+            pg = <PgRequestState>session
+            return pg.outstanding == 0 and not pg.batch_open and pg.status == TRANSACTION_IDLE and not pg.pinned
+        return bool(session.releasable)
+
+    # ------------------------------------------------------------------ PostgreSQL
+    def pg_data_received(self, data):
+        """PgClient.data_received: plain requests accounted and forwarded here; the rest by data_received_full."""
+        cdef double now = _now()
+        cdef PgRequestState session
+        cdef long long requests
+        cdef bint was_quiet
+        self.last_activity = now
+        if self.state == CLIENT_READY:
+            try:
+                session = <PgRequestState?>self.session
+                was_quiet = session.outstanding == 0
+                requests = session._take_plain(<ClientFramer?>self.framer, data)
+                if requests >= 0:
+                    if requests:
+                        self.stats.QueryRequests += requests
+                        self.stats.QueryRequestsNoTLS += requests
+                    if was_quiet and session.outstanding > 0:
+                        self.request_started = now
+                    self._forward(data)
+                    return
+            except Exception as exc:  # noqa - a proxy bug ends this connection only, and quietly for the peer
+                self.data_failed(exc)
+                return
+        self.data_received_full(data)
+
+    def pg_ready_for_query(self, long long ready):
+        """The attached backend forwarded a chunk whose only news is ReadyForQuery.
+
+        `ready` is ServerScanner.feed_ready's answer: how many (above the low byte) and the last status (in it).
+        """
+        self._pg_ready(ready)
+
+    cdef int _pg_ready(self, long long ready) except -1:
+        cdef PgRequestState session = <PgRequestState?>self.session
+        session.outstanding -= ready >> 8
+        session.status = ready & 0xFF
+        if session.outstanding <= 0:
+            self._responses_complete()
+        return 0
+
+
+cdef class BackendLane:
+    """A pooled server connection's data-path state; the base of rdsproxy.backend.BackendConnection."""
+
+    cdef public object address
+    cdef public object key  # the pool key (user, database or capability profile)
+    cdef public object owner  # the engine: told when an idle backend dies
+    cdef public PoolLane pool  # the pool that counts this connection, once it joined one
+    cdef public object transport
+    cdef public int state
+    cdef public ClientLane client
+    cdef public double idle_since
+    cdef public bint broken
+    cdef public bint reading_paused
+    cdef public object scanner
+    cdef public object applied  # tracked session state set on this connection (beyond server defaults)
+    cdef public object _waiter
+
+    def pause_reading(self):
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self):
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def detach(self):
+        self.client = None
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ PostgreSQL
+    def pg_data_received(self, data):
+        """PgBackend.data_received: while attached, forward first, then account for what changes state."""
+        cdef ClientLane client = self.client
+        cdef long long ready
+        if client is None:
+            self.data_received_unattached(data)
+            return
+        try:
+            ready = (<ServerScanner?>self.scanner)._feed_ready(data)
+            if ready >= 0:  # the hot path: nothing but (maybe) ReadyForQuery in this chunk
+                client.transport.write(data)
+                if ready:
+                    client._pg_ready(ready)
+                return
+            self.forward_events(client, data)
+        except Exception as exc:  # noqa - never leave a half-handled backend in service
+            self.forwarding_failed(exc)
+
+
+cdef class PoolLane:
+    """A target pool's idle backends and counters; the base of rdsproxy.pool.TargetPool."""
+
+    cdef public dict _idle  # pool key -> idle backends, the warmest last
+    cdef public Py_ssize_t _idle_count
+    cdef public Py_ssize_t _borrowed
+    cdef public object _waiters
+    cdef public bint _closed
+    cdef public TargetCounters stats
+
+    def try_borrow(self, key):
+        """An idle backend for `key` right now, or None (then call `borrow_later` or `borrow`)."""
+        return self._try_borrow(key)
+
+    cdef BackendLane _try_borrow(self, key):
+        # An idle backend for `key` implies nobody waits for `key` (it would have been handed over), so taking
+        # it does not jump the FIFO queue.
+        cdef list idle = self._idle.get(key)
+        cdef BackendLane backend
+        cdef TargetCounters stats = self.stats
+        if not idle:
+            return None
+        backend = idle.pop()  # LIFO: the warmest connection, and lets the coldest age out
+        self._idle_count -= 1
+        stats.DatabaseConnectionRequests += 1
+        self._borrowed += 1
+        stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
+        stats.DatabaseConnectionsBorrowLatency._observe_zero()
+        return backend
+
+    def give_back(self, BackendLane backend not None):
+        """A borrowed backend is clean and idle again: hand it to a waiter or keep it."""
+        self._give_back(backend)
+
+    cdef int _give_back(self, BackendLane backend) except -1:
+        cdef list idle
+        self._borrowed -= 1
+        self.stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
+        if backend.broken or self._closed:
+            self._discard(backend)
+            return 0
+        if self._waiters:
+            self._place(backend)  # hand it over
+            return 0
+        idle = self._idle.get(backend.key)
+        if idle is None:
+            self._place(backend)
+            return 0
+        backend.idle_since = _now()
+        idle.append(backend)
+        self._idle_count += 1
+        backend.state = BACKEND_IDLE
+        return 0
