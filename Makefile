@@ -25,7 +25,7 @@ lint: $(STAMP)
 system-deps:
 	bash scripts/install_system_deps.sh
 
-$(STAMP): pyproject.toml setup.py $(wildcard rdsproxy/_codec/*.pyx)
+$(STAMP): pyproject.toml setup.py $(wildcard rdsproxy/_codec/*.pyx) $(wildcard rdsproxy/_codec/*.pxd)
 	bash scripts/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel cython

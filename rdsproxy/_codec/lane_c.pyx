@@ -5,6 +5,9 @@ ClientConnection, BackendConnection and TargetPool are Python subclasses of thes
 crosses this code twice (the client's request, then the server's ReadyForQuery); here it runs without a Python
 frame or a dictionary-backed attribute. Whatever is not the plain case (queueing for a backend, syncing session
 state, pins, errors) calls back into the Python subclasses.
+
+Subclasses change behaviour through those hooks only: the compiled twin calls its own forward, attach,
+try_borrow, give_back and ReadyForQuery accounting directly, so overriding them in Python would be ignored.
 """
 
 from .latency_c cimport Latency

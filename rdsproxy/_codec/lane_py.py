@@ -2,6 +2,9 @@
 
 ClientConnection, BackendConnection and TargetPool are subclasses of these classes. Whatever is not the plain
 case (queueing for a backend, syncing session state, pins, errors) calls back into those subclasses.
+
+Subclasses change behaviour through those hooks only: the compiled twin calls its own forward, attach,
+try_borrow, give_back and ReadyForQuery accounting directly, so overriding them in Python would be ignored.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ cdef class ServerScanner:
 
     cdef list _feed(self, data)
     cdef long long _feed_ready(self, data) except? -2
+    cdef long long _feed_ready_events(self, data) except? -2
 
 
 cdef class PgRequestState:

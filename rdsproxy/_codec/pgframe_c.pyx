@@ -218,6 +218,37 @@ cdef class ServerScanner:
         return self._feed_ready(data)
 
     cdef long long _feed_ready(self, data) except? -2:
+        # The common chunk (between messages, whole messages, ReadyForQuery the only interesting one) is walked
+        # here without building the event list; anything else is rescanned from its start by the general path,
+        # which is safe because nothing is changed before that decision.
+        if self._broken or self._header_len or self._remaining or type(data) is not bytes:
+            return self._feed_ready_events(data)
+        cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(<bytes>data)
+        cdef Py_ssize_t total = PyBytes_GET_SIZE(<bytes>data)
+        cdef Py_ssize_t pos = 0, end
+        cdef long long length, count = 0
+        cdef int msg_type, status = 0
+        while total - pos >= 5:
+            msg_type = src[pos]
+            length = read_int32(src + pos + 1)
+            if length < 4:
+                return self._feed_ready_events(data)  # raises the protocol violation
+            end = pos + 1 + <Py_ssize_t>length
+            if self._wanted[msg_type]:
+                if msg_type != 90 or length != 5 or end > total:  # not a whole ReadyForQuery
+                    return self._feed_ready_events(data)
+                status = src[pos + 5]
+                count += 1
+            elif end > total:  # the rest of an uninteresting message comes in later chunks
+                self._remaining = end - total
+                return (count << 8) | status if count else 0
+            pos = end
+        if pos < total:  # a header split across chunks
+            memcpy(self._header, src + pos, total - pos)
+            self._header_len = <int>(total - pos)
+        return (count << 8) | status if count else 0
+
+    cdef long long _feed_ready_events(self, data) except? -2:
         cdef list events = self._feed(data)
         cdef Py_ssize_t count = len(events)
         cdef int status = 0

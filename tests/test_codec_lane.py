@@ -1,0 +1,785 @@
+"""The data path lanes (ClientLane, BackendLane, PoolLane) borrow, forward and release alike, compiled and pure."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import deque
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from codec_impls import IMPLEMENTATION_NAMES, load_implementation, pg_message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rdsproxy import backend as backend_module
+from rdsproxy import client as client_module
+from rdsproxy.errors import ProtocolViolation
+from rdsproxy.pg.backend import _FORWARD_INTERESTING
+
+KEY = ("app", "app")
+OTHER_KEY = ("other", "app")
+ENDPOINT = "default"
+READY, SETUP = client_module.READY, client_module.SETUP
+IDLE, ATTACHED = backend_module.IDLE, backend_module.ATTACHED
+STATUS_IDLE, STATUS_IN_TRANSACTION = ord("I"), ord("T")
+
+QUERY = pg_message(b"Q", b"SELECT abalance FROM pgbench_accounts WHERE aid = 4242;\0")
+NAMED_PARSE = pg_message(b"P", b"s1\0SELECT 1\0" + struct.pack("!h", 0))  # a named statement pins: full path
+ROWS = (
+    pg_message(b"T", struct.pack("!h", 1) + b"abalance\0" + struct.pack("!ihihih", 0, 0, 23, 4, -1, 0))
+    + pg_message(b"D", struct.pack("!hi", 1, 1) + b"0")
+    + pg_message(b"C", b"SELECT 1\0")
+)
+ERROR_ANSWER = pg_message(b"E", b'SERROR\0C42P01\0Mrelation "nope" does not exist\0\0') + pg_message(b"Z", b"I")
+GARBAGE = b"D" + struct.pack("!i", 3)  # a length below 4: the scanner raises ProtocolViolation
+
+
+def answer(status: bytes = b"I") -> bytes:
+    """The server's whole answer to QUERY: rows, CommandComplete, then ReadyForQuery with `status`."""
+    return ROWS + pg_message(b"Z", status)
+
+
+# ---------------------------------------------------------------------------------------------- fakes
+class FakeTransport:
+    """Records what is written and every pause/resume, as an asyncio transport would receive them."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.flow: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.flow.append("pause_reading")
+
+    def resume_reading(self) -> None:
+        self.flow.append("resume_reading")
+
+
+class Targets:
+    """Stands in for rdsproxy.targets.Targets: pool_for answers `pool` and records who asked."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.asked: list[str] = []
+
+    def pool_for(self, endpoint_name: str) -> Any:
+        self.asked.append(endpoint_name)
+        return self.pool
+
+
+def make_lanes(impl) -> SimpleNamespace:
+    """Recording subclasses of one implementation's lanes, built on that same implementation's pgframe and latency.
+
+    The compiled lane's typed fields refuse the pure classes, so every class here comes from `impl`.
+    """
+    lane, pgframe, Latency = impl.lane, impl.pgframe, impl.latency.Latency
+
+    class EndpointStats(lane.EndpointCounters):
+        def __init__(self) -> None:
+            self.QueryRequests = 0
+            self.QueryRequestsNoTLS = 0
+            self.QueryResponseLatency = Latency()
+
+    class TargetStats(lane.TargetCounters):
+        def __init__(self) -> None:
+            self.DatabaseConnectionRequests = 0
+            self.DatabaseConnectionsCurrentlyBorrowed = 0
+            self.DatabaseConnectionsBorrowLatency = Latency()
+            self.QueryDatabaseResponseLatency = Latency()
+
+    class Session(pgframe.PgRequestState):
+        """A Python subclass, as PgSession is: the lane must see through it to the typed state."""
+
+    class Client(lane.ClientLane):
+        """Records every hook the lane calls; `sync_answer` and `wait_error` steer the hooks that decide."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple] = []
+            self.sync_answer: Any = None  # what sync_sql returns: None means "in sync"
+            self.wait_error: Any = None  # raised by wait_for_backend when set
+
+        def pause_reading(self) -> None:
+            self.calls.append(("pause_reading",))
+
+        def wait_for_backend(self, pool: Any, backend: Any) -> None:
+            self.calls.append(("wait_for_backend", pool, backend))
+            if self.wait_error is not None:
+                raise self.wait_error
+
+        def sync_sql(self, backend: Any) -> Any:
+            self.calls.append(("sync_sql", backend))
+            return self.sync_answer
+
+        def attached(self, backend: Any) -> None:
+            self.calls.append(("attached", backend))
+
+        def terminate(self, kind: str, message: str) -> None:
+            self.calls.append(("terminate", kind, message))
+
+        def data_failed(self, exc: Exception) -> None:
+            self.calls.append(("data_failed", exc))
+
+        def data_received_full(self, data: bytes) -> None:
+            self.calls.append(("data_received_full", data))
+
+    class Backend(lane.BackendLane):
+        def __init__(self, key: Any = KEY) -> None:
+            super().__init__()
+            self.calls: list[tuple] = []
+            self.key = key
+            self.transport = FakeTransport()
+            self.scanner = pgframe.ServerScanner(_FORWARD_INTERESTING)  # PgBackend's steady state
+            self.applied = {}
+
+        def data_received_unattached(self, data: bytes) -> None:
+            self.calls.append(("data_received_unattached", data))
+
+        def forward_events(self, client: Any, data: bytes) -> None:
+            self.calls.append(("forward_events", client, data))
+
+        def forwarding_failed(self, exc: Exception) -> None:
+            self.calls.append(("forwarding_failed", exc))
+
+    class Pool(lane.PoolLane):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple] = []
+            self._idle = {KEY: []}
+            self._idle_count = 0
+            self._borrowed = 0
+            self._waiters = deque()
+            self._closed = False
+            self.stats = TargetStats()
+
+        def keep_idle(self, backend: Any) -> None:
+            """What TargetPool._place does for a new backend when nobody waits."""
+            backend.pool = self
+            self._idle.setdefault(backend.key, []).append(backend)
+            self._idle_count += 1
+            backend.state = IDLE
+
+        def _discard(self, backend: Any) -> None:
+            self.calls.append(("_discard", backend))
+
+        def _place(self, backend: Any) -> None:
+            self.calls.append(("_place", backend))
+
+    def ready_framer() -> Any:
+        framer = pgframe.ClientFramer()
+        framer.in_startup = False  # past startup, as PgClient's framer is once the client is READY
+        return framer
+
+    return SimpleNamespace(
+        impl=impl,
+        lane=lane,
+        Client=Client,
+        Backend=Backend,
+        Pool=Pool,
+        Session=Session,
+        EndpointStats=EndpointStats,
+        ready_framer=ready_framer,
+    )
+
+
+class Rig:
+    """One pool holding `idle` backends and `clients` READY clients routed to it: the lane's world, bytes only."""
+
+    def __init__(self, lanes: SimpleNamespace, *, idle: int = 1, clients: int = 1) -> None:
+        self.lanes = lanes
+        self.pool = lanes.Pool()
+        self.backends = [lanes.Backend() for _ in range(idle)]
+        for backend in self.backends:
+            self.pool.keep_idle(backend)
+        self.targets = Targets(self.pool)
+        self.route = lanes.lane.Route()
+        self.route.pool = self.pool
+        self.clients = [self._new_client() for _ in range(clients)]
+
+    def _new_client(self) -> Any:
+        client = self.lanes.Client()
+        client.engine = SimpleNamespace(targets=self.targets)
+        client.endpoint_name = ENDPOINT
+        client.stats = self.lanes.EndpointStats()
+        client.route = self.route
+        client.transport = FakeTransport()
+        client.state = READY
+        client.key = KEY
+        client.session = self.lanes.Session()
+        client.framer = self.lanes.ready_framer()
+        client.wanted = {}  # equal to every backend's `applied`: in sync
+        return client
+
+    @property
+    def client(self) -> Any:
+        return self.clients[0]
+
+    @property
+    def backend(self) -> Any:
+        return self.backends[0]
+
+
+@pytest.fixture(scope="module", params=IMPLEMENTATION_NAMES)
+def lanes(request):
+    return make_lanes(load_implementation(request.param))
+
+
+@pytest.fixture(scope="module")
+def twin_lanes():
+    return make_lanes(load_implementation("compiled")), make_lanes(load_implementation("pure"))
+
+
+def assert_released(rig: Rig, client: Any, backend: Any) -> None:
+    assert client.backend is None
+    assert backend.client is None
+    assert backend.state == IDLE
+    assert rig.pool._idle[KEY][-1] is backend
+    assert rig.pool._borrowed == 0
+    assert rig.pool.stats.DatabaseConnectionsCurrentlyBorrowed == 0
+
+
+def assert_attached(client: Any, backend: Any) -> None:
+    assert client.backend is backend
+    assert backend.client is client
+    assert backend.state == ATTACHED
+
+
+# ---------------------------------------------------------------------------------------------- module constants
+def test_state_numbers_are_the_connection_states(lanes):
+    assert lanes.lane.STATE_NUMBERS == {
+        "client READY": client_module.READY,
+        "client CLOSED": client_module.CLOSED,
+        "backend IDLE": backend_module.IDLE,
+        "backend ATTACHED": backend_module.ATTACHED,
+    }
+
+
+def test_monotonic_reads_the_clock_of_time_monotonic(lanes):
+    before = time.monotonic()
+    value = lanes.lane.monotonic()
+    after = time.monotonic()
+    assert before <= value <= after
+
+
+def test_route_starts_empty_and_holds_a_pool(lanes):
+    route = lanes.lane.Route()
+    assert route.pool is None
+    pool = lanes.Pool()
+    route.pool = pool
+    assert route.pool is pool
+    route.pool = None
+    assert route.pool is None
+
+
+# ---------------------------------------------------------------------------------------------- PoolLane
+def test_try_borrow_takes_the_warmest_idle_backend_first(lanes):
+    rig = Rig(lanes, idle=3)
+    pool, (coldest, middle, warmest) = rig.pool, rig.backends
+    assert pool.try_borrow(KEY) is warmest
+    assert pool.try_borrow(KEY) is middle
+    assert pool._idle[KEY] == [coldest]
+    assert pool._idle_count == 1
+    assert pool._borrowed == 2
+    stats = pool.stats
+    assert stats.DatabaseConnectionRequests == 2
+    assert stats.DatabaseConnectionsCurrentlyBorrowed == 2
+    assert stats.DatabaseConnectionsBorrowLatency.count == 2
+    assert stats.DatabaseConnectionsBorrowLatency.buckets[0] == 2  # served from the idle list: waited 0 us
+
+
+@pytest.mark.parametrize("key", [OTHER_KEY, KEY], ids=["unknown key", "empty idle list"])
+def test_try_borrow_without_an_idle_backend_counts_nothing(lanes, key):
+    pool = Rig(lanes, idle=0).pool
+    assert pool.try_borrow(key) is None
+    assert (pool._idle_count, pool._borrowed) == (0, 0)
+    assert pool.stats.DatabaseConnectionRequests == 0
+    assert pool.stats.DatabaseConnectionsCurrentlyBorrowed == 0
+    assert pool.stats.DatabaseConnectionsBorrowLatency.count == 0
+    assert pool._idle == {KEY: []}  # no list created for the unknown key
+
+
+def test_give_back_keeps_the_backend_idle(lanes):
+    rig = Rig(lanes, idle=2)
+    pool = rig.pool
+    backend = pool.try_borrow(KEY)
+    backend.state = ATTACHED
+    before = time.monotonic()
+    pool.give_back(backend)
+    after = time.monotonic()
+    assert pool._idle[KEY] == [rig.backends[0], backend]
+    assert backend.state == IDLE
+    assert before <= backend.idle_since <= after
+    assert (pool._idle_count, pool._borrowed) == (2, 0)
+    assert pool.stats.DatabaseConnectionsCurrentlyBorrowed == 0
+    assert pool.calls == []
+
+
+def test_give_back_hands_over_to_waiters(lanes):
+    pool = Rig(lanes).pool
+    backend = pool.try_borrow(KEY)
+    backend.state = ATTACHED
+    pool._waiters.append("a queued borrow")
+    pool.give_back(backend)
+    assert pool.calls == [("_place", backend)]
+    assert pool._idle[KEY] == []
+    assert backend.state == ATTACHED  # _place decides what becomes of it
+    assert (pool._idle_count, pool._borrowed) == (0, 0)
+    assert pool.stats.DatabaseConnectionsCurrentlyBorrowed == 0
+
+
+@pytest.mark.parametrize("why", ["broken backend", "closed pool"])
+def test_give_back_discards_broken_backends_and_everything_after_close(lanes, why):
+    pool = Rig(lanes).pool
+    backend = pool.try_borrow(KEY)
+    pool._waiters.append("a queued borrow")  # discarding wins over handing over
+    if why == "broken backend":
+        backend.broken = True
+    else:
+        pool._closed = True
+    pool.give_back(backend)
+    assert pool.calls == [("_discard", backend)]
+    assert pool._idle[KEY] == []
+    assert (pool._idle_count, pool._borrowed) == (0, 0)
+    assert pool.stats.DatabaseConnectionsCurrentlyBorrowed == 0
+
+
+def test_give_back_of_a_key_without_idle_list_goes_to_place(lanes):
+    pool = Rig(lanes).pool
+    pool.try_borrow(KEY)
+    stranger = lanes.Backend(OTHER_KEY)  # e.g. opened for a key whose list does not exist yet
+    pool.give_back(stranger)
+    assert pool.calls == [("_place", stranger)]
+    assert OTHER_KEY not in pool._idle
+    assert (pool._idle_count, pool._borrowed) == (0, 0)
+    assert pool.stats.DatabaseConnectionsCurrentlyBorrowed == 0
+
+
+# ---------------------------------------------------------------------------------------------- ClientLane.forward
+def test_forward_while_pending_queues_and_pauses_the_client(lanes):
+    rig = Rig(lanes)
+    client = rig.client
+    client.pending = [b"first"]
+    client.forward(b"second")
+    assert client.pending == [b"first", b"second"]
+    assert client.calls == [("pause_reading",)]
+    assert rig.backend.transport.written == []
+    assert rig.pool._idle_count == 1  # nothing borrowed
+
+
+def test_forward_writes_to_the_attached_backend(lanes):
+    rig = Rig(lanes, idle=0)
+    client, backend = rig.client, lanes.Backend()
+    client.attach(backend)
+    client.forward(QUERY)
+    client.forward(b"more")
+    assert backend.transport.written == [QUERY, b"more"]
+    assert rig.targets.asked == []
+    assert rig.pool.stats.DatabaseConnectionRequests == 0
+    assert client.calls == []
+
+
+def test_forward_borrows_from_the_route_pool_and_attaches(lanes):
+    rig = Rig(lanes)
+    client, backend = rig.client, rig.backend
+    before = time.monotonic()
+    client.forward(QUERY)
+    after = time.monotonic()
+    assert_attached(client, backend)
+    assert before <= client.db_request_started <= after
+    assert backend.transport.written == [QUERY]
+    assert rig.targets.asked == []  # the route knew the pool
+    assert (rig.pool._idle_count, rig.pool._borrowed) == (0, 1)
+    assert rig.pool.stats.DatabaseConnectionRequests == 1
+    assert client.pending is None
+    assert client.calls == []
+    client.forward(b"more")  # attached now: no second borrow
+    assert backend.transport.written == [QUERY, b"more"]
+    assert rig.pool.stats.DatabaseConnectionRequests == 1
+
+
+@pytest.mark.parametrize("route", ["no route", "route without pool"])
+def test_forward_asks_targets_when_the_route_has_no_pool(lanes, route):
+    rig = Rig(lanes)
+    client = rig.client
+    if route == "no route":
+        client.route = None
+    else:
+        rig.route.pool = None
+    client.forward(QUERY)
+    assert rig.targets.asked == [ENDPOINT]
+    assert_attached(client, rig.backend)
+    assert rig.backend.transport.written == [QUERY]
+
+
+def test_forward_waits_for_a_target_when_there_is_no_pool(lanes):
+    rig = Rig(lanes)
+    rig.route.pool = None
+    rig.targets.pool = None
+    rig.client.forward(QUERY)
+    assert rig.client.calls == [("wait_for_backend", None, None)]
+    assert rig.client.pending == [QUERY]
+    assert rig.pool.stats.DatabaseConnectionRequests == 0
+
+
+def test_forward_queues_when_no_backend_is_idle(lanes):
+    rig = Rig(lanes, idle=0)
+    client = rig.client
+    client.forward(QUERY)
+    assert client.calls == [("wait_for_backend", rig.pool, None)]
+    assert client.pending == [QUERY]
+    assert client.backend is None
+
+
+def test_forward_hands_an_out_of_sync_backend_to_wait_for_backend(lanes):
+    rig = Rig(lanes)
+    client, backend = rig.client, rig.backend
+    client.wanted = {"TimeZone": "UTC"}  # the backend's `applied` is {}
+    client.forward(QUERY)
+    assert client.calls == [("wait_for_backend", rig.pool, backend)]
+    assert client.pending == [QUERY]
+    assert client.backend is None and backend.client is None
+    assert backend.transport.written == []
+    assert rig.pool._borrowed == 1  # borrowed: the Python side syncs it, then attaches it
+
+
+@pytest.mark.parametrize("plan", [None, b"SET TimeZone TO 'UTC'"], ids=["in sync", "needs sync"])
+def test_forward_asks_sync_sql_when_wanted_is_none(lanes, plan):
+    rig = Rig(lanes)
+    client, backend = rig.client, rig.backend
+    client.wanted = None
+    client.sync_answer = plan
+    client.forward(QUERY)
+    if plan is None:
+        assert client.calls == [("sync_sql", backend)]
+        assert_attached(client, backend)
+        assert backend.transport.written == [QUERY]
+    else:
+        assert client.calls == [("sync_sql", backend), ("wait_for_backend", rig.pool, backend)]
+        assert client.pending == [QUERY]
+        assert backend.transport.written == []
+
+
+# ---------------------------------------------------------------------------------------------- ClientLane.attach
+def test_attach_to_a_client_that_cannot_take_more_pauses_the_backend(lanes):
+    rig = Rig(lanes)
+    client, backend = rig.client, rig.backend
+    client.writing_paused = True
+    client.attach(backend)
+    assert_attached(client, backend)
+    assert backend.reading_paused
+    assert backend.transport.flow == ["pause_reading"]
+
+
+@pytest.mark.parametrize("hook", [True, False])
+def test_attach_calls_attached_only_with_attach_hook(lanes, hook):
+    rig = Rig(lanes)
+    client, backend = rig.client, rig.backend
+    client.attach_hook = hook
+    client.attach(backend)
+    assert client.calls == ([("attached", backend)] if hook else [])
+    assert not backend.reading_paused and backend.transport.flow == []
+
+
+# ---------------------------------------------------------------------------------------------- responses_complete
+def borrowed(lanes) -> tuple[Rig, Any, Any]:
+    """A rig whose client sent QUERY on its (borrowed) backend."""
+    rig = Rig(lanes)
+    rig.client.pg_data_received(QUERY)
+    assert rig.client.backend is rig.backend
+    return rig, rig.client, rig.backend
+
+
+def test_responses_complete_releases_a_releasable_session(lanes):
+    rig, client, backend = borrowed(lanes)
+    client.session.outstanding = 0
+    client.responses_complete()
+    assert client.stats.QueryResponseLatency.count == 1
+    assert rig.pool.stats.QueryDatabaseResponseLatency.count == 1
+    assert_released(rig, client, backend)
+    assert rig.pool._idle_count == 1
+    assert client.last_activity >= client.request_started > 0
+    assert client.calls == []
+
+
+@pytest.mark.parametrize(
+    "session_state",
+    [{"pinned": True}, {"status": STATUS_IN_TRANSACTION}, {"outstanding": 1}, {"batch_open": True}],
+    ids=["pinned", "in transaction", "outstanding", "batch open"],
+)
+def test_responses_complete_keeps_the_backend_of_a_busy_session(lanes, session_state):
+    rig, client, backend = borrowed(lanes)
+    session = client.session
+    session.outstanding = 0
+    for name, value in session_state.items():
+        setattr(session, name, value)
+    client.draining = True  # only a release ends a draining client
+    client.responses_complete()
+    assert client.stats.QueryResponseLatency.count == 1
+    assert rig.pool.stats.QueryDatabaseResponseLatency.count == 1
+    assert_attached(client, backend)
+    assert (rig.pool._idle_count, rig.pool._borrowed) == (0, 1)
+    assert client.calls == []
+
+
+def test_responses_complete_without_backend_counts_the_client_latency_only(lanes):
+    rig = Rig(lanes)
+    rig.client.responses_complete()
+    assert rig.client.stats.QueryResponseLatency.count == 1
+    assert rig.pool.stats.QueryDatabaseResponseLatency.count == 0
+
+
+def test_responses_complete_of_a_draining_client_terminates_it_after_release(lanes):
+    rig, client, backend = borrowed(lanes)
+    client.session.outstanding = 0
+    client.draining = True
+    client.responses_complete()
+    assert_released(rig, client, backend)
+    assert client.calls == [("terminate", "shutdown", "terminating connection because the proxy is shutting down")]
+
+
+def test_responses_complete_resumes_a_paused_backend_on_release(lanes):
+    rig, client, backend = borrowed(lanes)
+    backend.pause_reading()  # the client could not keep up
+    client.session.outstanding = 0
+    client.responses_complete()
+    assert_released(rig, client, backend)
+    assert not backend.reading_paused
+    assert backend.transport.flow == ["pause_reading", "resume_reading"]
+
+
+# ------------------------------------------------------------------------------------------ ClientLane.pg_data_received
+def test_client_data_plain_query_is_counted_and_forwarded(lanes):
+    rig = Rig(lanes)
+    client = rig.client
+    before = time.monotonic()
+    client.pg_data_received(QUERY)
+    after = time.monotonic()
+    assert (client.stats.QueryRequests, client.stats.QueryRequestsNoTLS) == (1, 1)
+    assert client.session.outstanding == 1
+    assert before <= client.request_started <= after
+    assert client.last_activity == client.request_started
+    assert rig.backend.transport.written == [QUERY]
+    assert client.calls == []
+
+
+def test_client_data_while_busy_keeps_the_first_request_start(lanes):
+    rig = Rig(lanes)
+    client = rig.client
+    client.pg_data_received(QUERY)
+    started = client.request_started
+    client.pg_data_received(QUERY + QUERY)  # pipelined behind the first: its latency runs from the first
+    assert client.request_started == started
+    assert client.session.outstanding == 3
+    assert client.stats.QueryRequests == 3
+    assert rig.backend.transport.written == [QUERY, QUERY + QUERY]
+
+
+def test_client_data_outside_ready_takes_the_full_path(lanes):
+    rig = Rig(lanes)
+    client = rig.client
+    client.state = SETUP
+    client.pg_data_received(QUERY)
+    assert client.calls == [("data_received_full", QUERY)]
+    assert client.stats.QueryRequests == 0
+    assert client.session.outstanding == 0
+    assert client.backend is None
+
+
+@pytest.mark.parametrize("chunk", [NAMED_PARSE, QUERY[:-2]], ids=["named parse", "incomplete message"])
+def test_client_data_refused_by_take_plain_takes_the_full_path(lanes, chunk):
+    rig = Rig(lanes)
+    client = rig.client
+    client.pg_data_received(chunk)
+    assert client.calls == [("data_received_full", chunk)]
+    assert client.stats.QueryRequests == 0
+    assert client.session.outstanding == 0
+    assert rig.backend.transport.written == []
+
+
+def test_client_data_hook_failure_goes_to_data_failed(lanes):
+    rig = Rig(lanes, idle=0)
+    client = rig.client
+    failure = RuntimeError("queueing failed")
+    client.wait_error = failure
+    client.pg_data_received(QUERY)  # must not raise
+    assert client.calls == [("wait_for_backend", rig.pool, None), ("data_failed", failure)]
+    assert client.stats.QueryRequests == 1  # counted before forwarding failed
+
+
+# ----------------------------------------------------------------------------------------- BackendLane.pg_data_received
+def test_backend_data_while_unattached_goes_to_its_own_handler(lanes):
+    rig = Rig(lanes)
+    rig.backend.pg_data_received(answer())
+    assert rig.backend.calls == [("data_received_unattached", answer())]
+    assert rig.client.transport.written == []
+
+
+def test_backend_answer_is_forwarded_and_releases_the_backend(lanes):
+    rig, client, backend = borrowed(lanes)
+    backend.pg_data_received(answer())
+    assert client.transport.written == [answer()]
+    assert client.session.outstanding == 0
+    assert client.session.status == STATUS_IDLE
+    assert_released(rig, client, backend)
+    assert client.stats.QueryResponseLatency.count == 1
+    assert backend.calls == [] and client.calls == []
+
+
+def test_backend_chunk_without_ready_for_query_is_forwarded_only(lanes):
+    rig, client, backend = borrowed(lanes)
+    backend.pg_data_received(ROWS)
+    assert client.transport.written == [ROWS]
+    assert client.session.outstanding == 1
+    assert_attached(client, backend)
+    assert client.stats.QueryResponseLatency.count == 0
+
+
+def test_backend_error_response_goes_to_forward_events(lanes):
+    rig, client, backend = borrowed(lanes)
+    backend.pg_data_received(ERROR_ANSWER)
+    assert backend.calls == [("forward_events", client, ERROR_ANSWER)]
+    assert client.transport.written == []  # forward_events writes it, after filtering FATAL errors
+    assert client.session.outstanding == 1
+    assert_attached(client, backend)
+
+
+def test_backend_garbage_goes_to_forwarding_failed(lanes):
+    rig, client, backend = borrowed(lanes)
+    backend.pg_data_received(GARBAGE)
+    assert [call[0] for call in backend.calls] == ["forwarding_failed"]
+    assert isinstance(backend.calls[0][1], ProtocolViolation)
+    assert client.transport.written == []
+    assert_attached(client, backend)
+
+
+# ---------------------------------------------------------------------------------------------- pg_ready_for_query
+@pytest.mark.parametrize(
+    ("outstanding", "count", "status", "left", "released"),
+    [
+        (3, 2, STATUS_IDLE, 1, False),  # answers still owed: nothing completes
+        (1, 1, STATUS_IN_TRANSACTION, 0, False),  # complete, but inside a transaction
+        (2, 2, STATUS_IDLE, 0, True),
+    ],
+)
+def test_pg_ready_for_query(lanes, outstanding, count, status, left, released):
+    rig, client, backend = borrowed(lanes)
+    client.session.outstanding = outstanding
+    client.pg_ready_for_query((count << 8) | status)
+    assert client.session.outstanding == left
+    assert client.session.status == status
+    assert client.stats.QueryResponseLatency.count == (0 if left else 1)
+    if released:
+        assert_released(rig, client, backend)
+    else:
+        assert_attached(client, backend)
+
+
+# ---------------------------------------------------------------------------------------------- the twins agree
+PARITY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CLIENTS = 2
+EXTRA = pg_message(b"d", b"copy row\n")  # any bytes: forward() does not look at them
+
+client_index = st.integers(0, CLIENTS - 1)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("query"), client_index, st.integers(1, 3)),  # how many Query messages in the chunk
+        st.tuples(st.just("answer"), client_index, st.sampled_from([b"I", b"T"])),  # the last ReadyForQuery status
+        st.tuples(st.just("forward while pending"), client_index, st.none()),
+        st.tuples(st.just("toggle pin"), client_index, st.none()),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+def apply(rig: Rig, operation: tuple) -> Any:
+    """Runs one operation on `rig`; returns what it observed beyond the rig's state (or None)."""
+    kind, index, argument = operation
+    client = rig.clients[index]
+    session = client.session
+    if kind == "query":
+        client.pg_data_received(QUERY * argument)
+    elif kind == "answer":
+        backend = client.backend
+        if backend is None or session.outstanding <= 0:
+            return None  # a server answers only what it was asked
+        statuses = [b"T"] * (session.outstanding - 1) + [argument]
+        backend.pg_data_received(b"".join(answer(status) for status in statuses))
+    elif kind == "forward while pending":
+        queued = client.pending = []
+        client.forward(EXTRA)
+        client.pending = None  # the wait ends outside the lane (ClientConnection._borrowed)
+        return queued
+    else:
+        session.pinned = not session.pinned
+    return None
+
+
+def observe(rig: Rig) -> dict:
+    """Everything the twins must agree on, with the rig's objects named so that both rigs compare."""
+    names = {id(rig.pool): "pool"}
+    names.update((id(backend), f"backend {n}") for n, backend in enumerate(rig.backends))
+    names.update((id(client), f"client {n}") for n, client in enumerate(rig.clients))
+
+    def plain(value: Any) -> Any:
+        if id(value) in names:
+            return names[id(value)]
+        if isinstance(value, BaseException):
+            return (type(value).__name__, str(value))
+        return value
+
+    pool = rig.pool
+    return {
+        "clients": [
+            {
+                "requests": (client.stats.QueryRequests, client.stats.QueryRequestsNoTLS),
+                "responses": client.stats.QueryResponseLatency.count,
+                "outstanding": client.session.outstanding,
+                "status": client.session.status,
+                "pinned": client.session.pinned,
+                "backend": plain(client.backend),
+                "pending": client.pending,
+                "received": client.transport.written,
+                "hooks": [tuple(plain(part) for part in call) for call in client.calls],
+            }
+            for client in rig.clients
+        ],
+        "backends": [
+            {
+                "state": backend.state,
+                "client": plain(backend.client),
+                "received": backend.transport.written,
+                "hooks": [tuple(plain(part) for part in call) for call in backend.calls],
+            }
+            for backend in rig.backends
+        ],
+        "pool": {
+            "idle": [plain(backend) for backend in pool._idle[KEY]],
+            "idle count": pool._idle_count,
+            "borrowed": pool._borrowed,
+            "requests": pool.stats.DatabaseConnectionRequests,
+            "currently borrowed": pool.stats.DatabaseConnectionsCurrentlyBorrowed,
+            "borrow latencies": pool.stats.DatabaseConnectionsBorrowLatency.count,
+            "response latencies": pool.stats.QueryDatabaseResponseLatency.count,
+            "hooks": [tuple(plain(part) for part in call) for call in pool.calls],
+        },
+    }
+
+
+@PARITY
+@given(steps=operations)
+def test_twins_agree_on_every_step(twin_lanes, steps):
+    compiled_lanes, pure_lanes = twin_lanes
+    compiled, pure = Rig(compiled_lanes, idle=CLIENTS, clients=CLIENTS), Rig(pure_lanes, idle=CLIENTS, clients=CLIENTS)
+    for step in steps:
+        compiled_extra, pure_extra = apply(compiled, step), apply(pure, step)
+        state = observe(compiled)
+        assert (state, compiled_extra) == (observe(pure), pure_extra), step
+        # a backend is either idle in the pool or attached to exactly one client
+        assert compiled.pool._idle_count + compiled.pool._borrowed == CLIENTS
+        attached = [client.backend for client in compiled.clients if client.backend is not None]
+        assert len(attached) == compiled.pool._borrowed == len(set(map(id, attached)))
