@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ._codec import PoolLane
+from ._codec import PoolLane, Waiter
 from .backend import IDLE
 from .errors import RdsProxyError
 
@@ -40,27 +40,6 @@ class BackendUnavailable(RdsProxyError):
         self.server_full = server_full or sqlstate == SERVER_FULL
         # ErrorResponse fields from the server when it refused us (e.g. unknown database): shown to the client
         self.fatal_fields = fatal_fields
-
-
-class Waiter:
-    """A queued borrow: `deliver(backend, None)` or `deliver(None, exc)` is called once, synchronously.
-
-    `deliver` returns whether it took the backend (False: its borrower went away meanwhile, offer it to the next).
-    """
-
-    __slots__ = ("key", "deliver", "enqueued", "deadline", "timeout", "pool")
-
-    def __init__(self, key: PoolKey, deliver: Deliver, enqueued: float, timeout: float, pool: TargetPool):
-        self.key = key
-        self.deliver = deliver
-        self.enqueued = enqueued
-        self.timeout = timeout
-        self.deadline = enqueued + timeout
-        self.pool = pool
-
-    def cancel(self) -> None:
-        """The borrower no longer wants a backend (it closed)."""
-        self.pool._drop_waiter(self)
 
 
 Deliver = Callable[[Any, Optional[BaseException]], bool]

@@ -19,6 +19,7 @@ from rdsproxy.errors import ProtocolViolation
 from rdsproxy.pg.backend import _FORWARD_INTERESTING
 
 KEY = ("app", "app")
+BORROW_TIMEOUT = 5.0
 OTHER_KEY = ("other", "app")
 ENDPOINT = "default"
 READY, SETUP = client_module.READY, client_module.SETUP
@@ -127,6 +128,13 @@ def make_lanes(impl) -> SimpleNamespace:
         def data_received_full(self, data: bytes) -> None:
             self.calls.append(("data_received_full", data))
 
+        def resume_reading(self) -> None:
+            self.calls.append(("resume_reading",))
+
+        def _borrowed(self, backend: Any, exc: Any) -> bool:
+            self.calls.append(("_borrowed", backend, exc))
+            return True
+
     class Backend(lane.BackendLane):
         def __init__(self, key: Any = KEY) -> None:
             super().__init__()
@@ -155,6 +163,14 @@ def make_lanes(impl) -> SimpleNamespace:
             self._waiters = deque()
             self._closed = False
             self.stats = TargetStats()
+            self.limit = self._total = 0  # the budget is spent: a queued client waits for a give-back
+
+        def _arm_expiry(self, deadline: float) -> None:
+            self.calls.append(("_arm_expiry", deadline))
+            self._expiry, self._expiry_at = "armed", deadline
+
+        def _make_room_for(self, waiter: Any) -> None:
+            self.calls.append(("_make_room_for", waiter))
 
         def keep_idle(self, backend: Any) -> None:
             """What TargetPool._place does for a new backend when nobody waits."""
@@ -202,7 +218,7 @@ class Rig:
 
     def _new_client(self) -> Any:
         client = self.lanes.Client()
-        client.engine = SimpleNamespace(targets=self.targets)
+        client.engine = SimpleNamespace(targets=self.targets, borrow_timeout=BORROW_TIMEOUT)
         client.endpoint_name = ENDPOINT
         client.stats = self.lanes.EndpointStats()
         client.route = self.route
@@ -425,13 +441,93 @@ def test_forward_waits_for_a_target_when_there_is_no_pool(lanes):
     assert rig.pool.stats.DatabaseConnectionRequests == 0
 
 
-def test_forward_queues_when_no_backend_is_idle(lanes):
+def test_forward_queues_in_the_pool_when_no_backend_is_idle(lanes):
     rig = Rig(lanes, idle=0)
-    client = rig.client
+    client, pool = rig.client, rig.pool
+    before = time.monotonic()
     client.forward(QUERY)
-    assert client.calls == [("wait_for_backend", rig.pool, None)]
-    assert client.pending == [QUERY]
-    assert client.backend is None
+    waiter = client._waiter
+    assert isinstance(waiter, lanes.lane.Waiter)
+    assert list(pool._waiters) == [waiter]
+    assert waiter.client is client and waiter.key == KEY and waiter.pool is pool
+    assert before <= waiter.enqueued <= time.monotonic()
+    assert waiter.timeout == BORROW_TIMEOUT and waiter.deadline == waiter.enqueued + BORROW_TIMEOUT
+    assert pool.calls == [("_arm_expiry", waiter.deadline)]  # the first waiter arms the pool's one timer
+    assert pool.stats.DatabaseConnectionRequests == 1
+    assert client.calls == [] and client.pending == [QUERY] and client.backend is None
+    client.forward(QUERY)  # a second request while queued waits with the first, and stops the client reading
+    assert client.pending == [QUERY, QUERY] and client.calls == [("pause_reading",)]
+    assert len(pool._waiters) == 1
+
+
+def test_queued_client_makes_room_when_the_budget_allows(lanes):
+    rig = Rig(lanes, idle=0)
+    rig.pool.limit = 2  # room for one more connection: the pool is asked to open one for this waiter
+    rig.client.forward(QUERY)
+    assert rig.pool.calls[-1] == ("_make_room_for", rig.client._waiter)
+
+
+def test_queued_client_on_a_closed_pool_goes_to_wait_for_backend(lanes):
+    rig = Rig(lanes, idle=0)
+    rig.pool._closed = True  # TargetPool.borrow_later answers the shutdown error
+    rig.client.forward(QUERY)
+    assert rig.client.calls == [("wait_for_backend", rig.pool, None)]
+    assert not rig.pool._waiters
+
+
+def test_give_back_hands_the_backend_to_the_queued_client(lanes):
+    rig = Rig(lanes, idle=1, clients=2)
+    first, second = rig.clients
+    pool, backend = rig.pool, rig.backend
+    first.forward(QUERY)  # takes the only backend
+    second.reading_paused = True
+    second.forward(QUERY)
+    second.forward(b"more")  # both leave together on the handed-over backend
+    second.calls.clear()
+    first.session.outstanding = 0  # its answer is complete
+    first.responses_complete()
+    assert first.backend is None and second.backend is backend and backend.client is second
+    assert backend.state == ATTACHED and second._waiter is None and second.pending is None
+    assert backend.transport.written == [QUERY, QUERY + b"more"]
+    assert not pool._waiters and pool._borrowed == 1 and pool.stats.DatabaseConnectionsCurrentlyBorrowed == 1
+    assert pool.stats.DatabaseConnectionsBorrowLatency.count == 2  # the idle borrow and the queued one
+    assert second.calls == [("resume_reading",)]
+    assert pool.calls == [("_arm_expiry", pytest.approx(pool._expiry_at))]
+
+
+@pytest.mark.parametrize("obstacle", ["other key", "not in sync", "closed", "not a client"])
+def test_give_back_leaves_other_waiters_to_place(lanes, obstacle):
+    rig = Rig(lanes, idle=1, clients=2)
+    first, second = rig.clients
+    pool, backend = rig.pool, rig.backend
+    first.forward(QUERY)
+    second.forward(QUERY)
+    waiter = second._waiter
+    if obstacle == "other key":
+        waiter.key = OTHER_KEY
+    elif obstacle == "not in sync":
+        second.wanted = {"TimeZone": "UTC"}
+    elif obstacle == "closed":
+        second.state = client_module.CLOSED
+    else:
+        pool._waiters[0] = lanes.lane.Waiter(KEY, lambda backend, exc: True, time.monotonic(), 1.0, pool)
+    pool.calls.clear()
+    first.session.outstanding = 0
+    first.responses_complete()
+    assert pool.calls == [("_place", backend)]  # TargetPool._place finds the right waiter, or keeps it idle
+    assert second.backend is None and backend.client is None
+
+
+def test_waiter_delivers_to_its_client_or_its_callback(lanes):
+    rig = Rig(lanes, idle=0)
+    rig.client.forward(QUERY)
+    failure = RuntimeError("no backend")
+    assert rig.client._waiter.deliver(None, failure) is True
+    assert rig.client.calls == [("_borrowed", None, failure)]
+    heard = []
+    other = lanes.lane.Waiter(KEY, lambda backend, exc: heard.append((backend, exc)) or False, 1.0, 2.0, rig.pool)
+    assert other.deliver(None, failure) is False and heard == [(None, failure)]
+    assert other.deadline == 3.0 and other.client is None
 
 
 def test_forward_hands_an_out_of_sync_backend_to_wait_for_backend(lanes):
@@ -602,11 +698,12 @@ def test_client_data_refused_by_take_plain_takes_the_full_path(lanes, chunk):
 
 def test_client_data_hook_failure_goes_to_data_failed(lanes):
     rig = Rig(lanes, idle=0)
+    rig.route.pool = rig.targets.pool = None  # no healthy target: the client waits for one
     client = rig.client
     failure = RuntimeError("queueing failed")
     client.wait_error = failure
     client.pg_data_received(QUERY)  # must not raise
-    assert client.calls == [("wait_for_backend", rig.pool, None), ("data_failed", failure)]
+    assert client.calls == [("wait_for_backend", None, None), ("data_failed", failure)]
     assert client.stats.QueryRequests == 1  # counted before forwarding failed
 
 

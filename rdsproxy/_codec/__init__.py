@@ -106,6 +106,7 @@ ClientLane = ACTIVE.lane.ClientLane
 BackendLane = ACTIVE.lane.BackendLane
 PoolLane = ACTIVE.lane.PoolLane
 Route = ACTIVE.lane.Route
+Waiter = ACTIVE.lane.Waiter
 EndpointCounters = ACTIVE.lane.EndpointCounters
 TargetCounters = ACTIVE.lane.TargetCounters
 
@@ -125,6 +126,7 @@ __all__ = [
     "PoolLane",
     "Route",
     "TargetCounters",
+    "Waiter",
     "ServerScanner",
     "classify_mysql",
     "classify_pg",

@@ -30,6 +30,7 @@ __all__ = [
     "PoolLane",
     "Route",
     "TargetCounters",
+    "Waiter",
     "monotonic",
 ]
 
@@ -141,7 +142,23 @@ cdef class ClientLane:
                 backend.transport.write(data)
                 return 0
         self.pending = [data]
-        self.wait_for_backend(pool, backend)
+        if pool is not None and backend is None and not pool._closed:
+            # none idle: queue in the pool, which hands the next free backend straight to _take
+            self._waiter = pool._enqueue(self, self.key, self.engine.borrow_timeout)
+        else:
+            self.wait_for_backend(pool, backend)
+        return 0
+
+    cdef int _take(self, BackendLane backend) except -1:
+        # ClientConnection._borrowed's common case: the queued requests leave at once on the handed-over backend
+        self._waiter = None
+        self._attach(backend)
+        pending = self.pending
+        self.pending = None
+        if pending:
+            backend.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
+        if self.reading_paused:
+            self.resume_reading()
         return 0
 
     cdef bint _in_sync(self, BackendLane backend) except -1:
@@ -295,13 +312,52 @@ cdef class BackendLane:
             self.forwarding_failed(exc)
 
 
+cdef class Waiter:
+    """A queued borrow: `deliver(backend, None)` or `deliver(None, exc)` is called once, synchronously.
+
+    `deliver` returns whether it took the backend (False: its borrower went away meanwhile, offer it to the next).
+    A ClientLane's waiter delivers to that client (the pool's hot path hands backends to it directly); any other
+    borrower's, to its `callback`.
+    """
+
+    cdef public object key
+    cdef public object callback
+    cdef public ClientLane client
+    cdef public double enqueued
+    cdef public double deadline
+    cdef public double timeout
+    cdef public object pool
+
+    def __init__(self, key, callback, double enqueued, double timeout, pool, ClientLane client=None):
+        self.key = key
+        self.callback = callback
+        self.client = client
+        self.enqueued = enqueued
+        self.timeout = timeout
+        self.deadline = enqueued + timeout
+        self.pool = pool
+
+    def deliver(self, backend, exc):
+        if self.client is not None:
+            return self.client._borrowed(backend, exc)
+        return self.callback(backend, exc)
+
+    def cancel(self):
+        """The borrower no longer wants a backend (it closed)."""
+        self.pool._drop_waiter(self)
+
+
 cdef class PoolLane:
-    """A target pool's idle backends and counters; the base of rdsproxy.pool.TargetPool."""
+    """A target pool's idle backends, waiters and counters; the base of rdsproxy.pool.TargetPool."""
 
     cdef public dict _idle  # pool key -> idle backends, the warmest last
     cdef public Py_ssize_t _idle_count
     cdef public Py_ssize_t _borrowed
-    cdef public object _waiters
+    cdef public Py_ssize_t _total  # open + opening backends: what counts against the budget
+    cdef public Py_ssize_t limit
+    cdef public object _waiters  # a deque of Waiter, FIFO
+    cdef public object _expiry  # the timer for the earliest waiter's deadline
+    cdef public double _expiry_at
     cdef public bint _closed
     cdef public TargetCounters stats
 
@@ -337,7 +393,8 @@ cdef class PoolLane:
             self._discard(backend)
             return 0
         if self._waiters:
-            self._place(backend)  # hand it over
+            if not self._hand_over(backend):
+                self._place(backend)
             return 0
         idle = self._idle.get(backend.key)
         if idle is None:
@@ -348,3 +405,39 @@ cdef class PoolLane:
         self._idle_count += 1
         backend.state = BACKEND_IDLE
         return 0
+
+    cdef Waiter _enqueue(self, ClientLane client, key, double timeout):
+        """TargetPool.borrow_later for a client: queue it (FIFO) for the next backend of `key`."""
+        cdef Waiter waiter = Waiter.__new__(Waiter)
+        waiter.key = key
+        waiter.client = client
+        waiter.enqueued = _now()
+        waiter.timeout = timeout
+        waiter.deadline = waiter.enqueued + timeout
+        waiter.pool = self
+        self.stats.DatabaseConnectionRequests += 1
+        self._waiters.append(waiter)
+        if self._expiry is None or waiter.deadline < self._expiry_at:
+            self._arm_expiry(waiter.deadline)
+        if self._idle_count or self._total < self.limit:  # else nothing can be opened or evicted for it
+            self._make_room_for(waiter)
+        return waiter
+
+    cdef bint _hand_over(self, BackendLane backend) except -1:
+        """Give `backend` to the first waiter if that is a client that can use it as is; False: ask _place."""
+        cdef TargetCounters stats = self.stats
+        cdef Waiter waiter = self._waiters[0] if type(self._waiters[0]) is Waiter else None
+        cdef ClientLane client
+        cdef double now
+        if waiter is None or waiter.client is None or waiter.key != backend.key:
+            return False
+        client = waiter.client
+        if client.state == CLIENT_CLOSED or not client._in_sync(backend):
+            return False
+        self._waiters.popleft()
+        now = _now()
+        self._borrowed += 1
+        stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
+        stats.DatabaseConnectionsBorrowLatency._observe(<long long>((now - waiter.enqueued) * 1000000))
+        client._take(backend)
+        return True

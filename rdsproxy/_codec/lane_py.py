@@ -22,6 +22,7 @@ __all__ = [
     "PoolLane",
     "Route",
     "TargetCounters",
+    "Waiter",
     "monotonic",
 ]
 
@@ -135,7 +136,22 @@ class ClientLane:
                 backend.transport.write(data)
                 return
         self.pending = [data]
-        self.wait_for_backend(pool, backend)  # type: ignore[attr-defined]
+        if pool is not None and backend is None and not pool._closed:
+            # none idle: queue in the pool, which hands the next free backend straight to _take
+            self._waiter = pool._enqueue(self, self.key, self.engine.borrow_timeout)
+        else:
+            self.wait_for_backend(pool, backend)  # type: ignore[attr-defined]
+
+    def _take(self, backend: BackendLane) -> None:
+        # ClientConnection._borrowed's common case: the queued requests leave at once on the handed-over backend
+        self._waiter = None
+        self.attach(backend)
+        pending = self.pending
+        self.pending = None
+        if pending:
+            backend.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
+        if self.reading_paused:
+            self.resume_reading()  # type: ignore[attr-defined]
 
     def _in_sync(self, backend: BackendLane) -> bool:
         if self.wanted is not None:
@@ -275,15 +291,61 @@ class BackendLane:
             self.forwarding_failed(exc)  # type: ignore[attr-defined]
 
 
-class PoolLane:
-    """A target pool's idle backends and counters; the base of rdsproxy.pool.TargetPool."""
+class Waiter:
+    """A queued borrow: `deliver(backend, None)` or `deliver(None, exc)` is called once, synchronously.
 
-    __slots__ = ("_idle", "_idle_count", "_borrowed", "_waiters", "_closed", "stats", "__dict__", "__weakref__")
+    `deliver` returns whether it took the backend (False: its borrower went away meanwhile, offer it to the next).
+    A ClientLane's waiter delivers to that client (the pool's hot path hands backends to it directly); any other
+    borrower's, to its `callback`.
+    """
+
+    __slots__ = ("key", "callback", "client", "enqueued", "deadline", "timeout", "pool")
+
+    def __init__(
+        self, key: Any, callback: Any, enqueued: float, timeout: float, pool: Any, client: Optional[ClientLane] = None
+    ) -> None:
+        self.key = key
+        self.callback = callback
+        self.client = client
+        self.enqueued = float(enqueued)
+        self.timeout = float(timeout)
+        self.deadline = self.enqueued + self.timeout
+        self.pool = pool
+
+    def deliver(self, backend: Any, exc: Optional[BaseException]) -> Any:
+        if self.client is not None:
+            return self.client._borrowed(backend, exc)  # type: ignore[attr-defined]
+        return self.callback(backend, exc)
+
+    def cancel(self) -> None:
+        """The borrower no longer wants a backend (it closed)."""
+        self.pool._drop_waiter(self)
+
+
+class PoolLane:
+    """A target pool's idle backends, waiters and counters; the base of rdsproxy.pool.TargetPool."""
+
+    __slots__ = (
+        "_idle",
+        "_idle_count",
+        "_borrowed",
+        "_total",
+        "limit",
+        "_waiters",
+        "_expiry",
+        "_expiry_at",
+        "_closed",
+        "stats",
+        "__dict__",
+        "__weakref__",
+    )
 
     def __init__(self) -> None:
         self._idle: Any = None
-        self._idle_count = self._borrowed = 0
+        self._idle_count = self._borrowed = self._total = self.limit = 0
         self._waiters: Any = None
+        self._expiry: Any = None
+        self._expiry_at = 0.0
         self._closed = False
         self.stats: Any = None
 
@@ -311,7 +373,8 @@ class PoolLane:
             self._discard(backend)  # type: ignore[attr-defined]
             return
         if self._waiters:
-            self._place(backend)  # type: ignore[attr-defined]  # hand it over
+            if not self._hand_over(backend):
+                self._place(backend)  # type: ignore[attr-defined]
             return
         idle = self._idle.get(backend.key)
         if idle is None:
@@ -321,3 +384,30 @@ class PoolLane:
         idle.append(backend)
         self._idle_count += 1
         backend.state = BACKEND_IDLE
+
+    def _enqueue(self, client: ClientLane, key: Any, timeout: float) -> Waiter:
+        """TargetPool.borrow_later for a client: queue it (FIFO) for the next backend of `key`."""
+        waiter = Waiter(key, None, time.monotonic(), timeout, self, client)
+        self.stats.DatabaseConnectionRequests += 1
+        self._waiters.append(waiter)
+        if self._expiry is None or waiter.deadline < self._expiry_at:
+            self._arm_expiry(waiter.deadline)  # type: ignore[attr-defined]
+        if self._idle_count or self._total < self.limit:  # else nothing can be opened or evicted for it
+            self._make_room_for(waiter)  # type: ignore[attr-defined]
+        return waiter
+
+    def _hand_over(self, backend: BackendLane) -> bool:
+        """Give `backend` to the first waiter if that is a client that can use it as is; False: ask _place."""
+        waiter = self._waiters[0]
+        if type(waiter) is not Waiter or waiter.client is None or waiter.key != backend.key:
+            return False
+        client = waiter.client
+        if client.state == CLIENT_CLOSED or not client._in_sync(backend):
+            return False
+        self._waiters.popleft()
+        now = time.monotonic()
+        self._borrowed += 1
+        self.stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
+        self.stats.DatabaseConnectionsBorrowLatency.observe(int((now - waiter.enqueued) * 1_000_000))
+        client._take(backend)
+        return True
