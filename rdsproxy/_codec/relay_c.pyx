@@ -197,6 +197,7 @@ cdef class RelayTransport:
     cdef Relay _relay
     cdef int _fd
     cdef object _protocol
+    cdef object _data_received  # the protocol's bound method, looked up once rather than on every read
     cdef object _peername
     cdef object _sockname
     cdef list _buffer
@@ -218,6 +219,7 @@ cdef class RelayTransport:
         self._relay = relay
         self._fd = fd
         self._protocol = protocol
+        self._data_received = protocol.data_received
         self._peername = None  # read from the socket when first asked: most connections never are
         self._sockname = None
         self._buffer = None  # allocated when a write has to wait: most connections never need one
@@ -335,6 +337,7 @@ cdef class RelayTransport:
 
     def set_protocol(self, protocol):
         self._protocol = protocol
+        self._data_received = protocol.data_received
 
     def can_write_eof(self):
         return True
@@ -352,7 +355,7 @@ cdef class RelayTransport:
         if got > 0:
             data = PyBytes_FromStringAndSize(_read_buffer, got)
             try:
-                self._protocol.data_received(data)
+                self._data_received(data)
             except Exception as exc:  # a protocol bug ends this connection only
                 self._report(exc, "data_received")
             return 0
