@@ -542,6 +542,26 @@ def test_take_plain_follows_pin_mask_and_inspect_limit(impl):
     assert not session.pinned
 
 
+def test_take_plain_repeated_parse_text_is_judged_like_a_new_one(impl):
+    # the compiled twin remembers the last Parse text's flags: a different text of the same length, one that
+    # pins, a changed pin mask and a simple Query with the remembered text must all be judged afresh
+    state = new_state(impl)
+    framer = ready_framer(impl)
+    plain, pinning = b"SELECT $1::int  ", b"LISTEN channel_1"
+    assert len(plain) == len(pinning)
+    for _ in range(3):
+        assert state.take_plain(framer, extended(plain)) == 1
+    assert state.take_plain(framer, extended(pinning)) == -1
+    assert state.take_plain(framer, extended(plain)) == 1
+    assert state.take_plain(framer, query(pinning)) == -1
+    state.pin_mask = flags.PIN_MASK & ~flags.PIN_LISTEN
+    assert state.take_plain(framer, extended(pinning)) == 1
+    assert state.take_plain(framer, extended(pinning)) == 1
+    state.pin_mask = flags.PIN_MASK
+    assert state.take_plain(framer, extended(pinning)) == -1
+    assert state.outstanding == 6
+
+
 def test_pg_session_take_plain():
     session = PgSession()
     framer = ready_framer(codec.ACTIVE)

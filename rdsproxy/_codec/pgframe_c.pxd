@@ -45,4 +45,7 @@ cdef class PgRequestState:
     cdef public Py_ssize_t inspect_limit  # longer statements pin
 
     cdef long long _take_plain(self, ClientFramer framer, data) except? -2
-    cdef bint _plain_sql(self, bytes chunk, Py_ssize_t start, Py_ssize_t end) except -1
+    cdef bytes _last_parse  # the last Parse's statement text that take_plain classified, and its flags
+    cdef int _last_parse_flags
+
+    cdef bint _plain_sql(self, bytes chunk, Py_ssize_t start, Py_ssize_t end, bint remember) except -1

@@ -9,7 +9,7 @@ from cpython.bytearray cimport (
 )
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, uint32_t
-from libc.string cimport memchr, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from ..errors import ProtocolViolation
 from .classify_c cimport classify_pg_span
@@ -362,6 +362,8 @@ cdef class PgRequestState:
         self.discarding = False
         self.pin_mask = 0
         self.inspect_limit = 16 * 1024
+        self._last_parse = None
+        self._last_parse_flags = 0
 
     @property
     def quiet(self) -> bool:
@@ -411,7 +413,7 @@ cdef class PgRequestState:
             body = pos + 5
             end = pos + 1 + <Py_ssize_t>length
             if msg_type == 81:  # 'Q'
-                if body == end or not self._plain_sql(chunk, body, end - 1):
+                if body == end or not self._plain_sql(chunk, body, end - 1, False):
                     return -1
                 outstanding += 1
                 syncs = 0
@@ -421,7 +423,7 @@ cdef class PgRequestState:
                     return -1
                 query_start = body + 1
                 zero = <const unsigned char*>memchr(src + query_start, 0, end - query_start)
-                if zero == NULL or not self._plain_sql(chunk, query_start, zero - src):
+                if zero == NULL or not self._plain_sql(chunk, query_start, zero - src, True):
                     return -1
                 batch_open = True
             elif msg_type == 66 or msg_type == 68 or msg_type == 67:  # 'B', 'D', 'C'
@@ -447,8 +449,21 @@ cdef class PgRequestState:
         self.flush_pending = flush_pending
         return requests
 
-    cdef bint _plain_sql(self, bytes chunk, Py_ssize_t start, Py_ssize_t end) except -1:
-        if end - start > self.inspect_limit:
+    cdef bint _plain_sql(self, bytes chunk, Py_ssize_t start, Py_ssize_t end, bint remember) except -1:
+        # An extended-protocol client parses the same few statements over and over: the last Parse's text and
+        # flags are kept, and the same text again is compared rather than lexed. Simple queries are not kept:
+        # their literals make each text new.
+        cdef Py_ssize_t size = end - start
+        cdef const char* sql = PyBytes_AS_STRING(chunk) + start
+        cdef bytes last = self._last_parse
+        cdef int flags
+        if size > self.inspect_limit:
             return False
-        return (<long long>classify_pg_span(<const unsigned char*>PyBytes_AS_STRING(chunk) + start, end - start)
-                & self.pin_mask) == 0
+        if last is not None and PyBytes_GET_SIZE(last) == size and memcmp(PyBytes_AS_STRING(last), sql, size) == 0:
+            flags = self._last_parse_flags
+        else:
+            flags = classify_pg_span(<const unsigned char*>sql, size)
+            if remember:
+                self._last_parse = PyBytes_FromStringAndSize(sql, size)
+                self._last_parse_flags = flags
+        return (<long long>flags & self.pin_mask) == 0
