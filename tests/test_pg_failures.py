@@ -23,10 +23,10 @@ import pytest
 from pooltools import BystanderLoop, poll
 
 from rdsproxy import Proxy
-from rdsproxy.config import ProxyConfig
+from rdsproxy.config import EndpointConfig, ProxyConfig
 from rdsproxy.protocol.pg import messages
 from rdsproxy.protocol.pg.auth import BackendAuthenticator
-from rdsproxy.testing import PostgresServer, proxy_config_for, running_proxy, start_postgres
+from rdsproxy.testing import LOOPBACK, PostgresServer, proxy_config_for, running_proxy, start_postgres
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE = "failure_rows"
@@ -562,6 +562,60 @@ async def test_new_work_waits_for_a_server_that_comes_back(server: PostgresServe
             assert await conn.fetchval("SELECT 2") == 2
         finally:
             conn.terminate()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Failover
+
+
+async def test_a_promoted_replica_takes_the_writer_endpoint_and_connected_clients_follow(
+    fresh_pg: Callable[..., PostgresServer],
+) -> None:
+    primary = fresh_pg(max_connections=20)
+    replica = primary.make_replica()
+    primary.wait_caught_up(replica)
+    config = proxy_config_for(
+        primary,
+        targets=[primary.address(), replica.address()],
+        health_check_interval=0.2,
+        connection_borrow_timeout=60,
+    )
+    config = dataclasses.replace(
+        config,
+        endpoints=[
+            EndpointConfig(listen=f"{LOOPBACK}:0"),
+            EndpointConfig(name="reader", listen=f"{LOOPBACK}:0", target_role="READ_ONLY"),
+        ],
+    )
+    async with running_proxy(config) as proxy:
+        writer = await connect_asyncpg(proxy, primary)
+        reader_host, reader_port = proxy.address("reader")
+        reader = await asyncpg.connect(
+            host=reader_host,
+            port=reader_port,
+            user=primary.app_user,
+            password=primary.app_password,
+            database=primary.app_database,
+            statement_cache_size=0,
+            command_timeout=MESSAGE_TIMEOUT,
+        )
+        try:
+            assert await writer.fetchval("SELECT inet_server_port()") == primary.port
+            assert await reader.fetchval("SELECT inet_server_port()") == replica.port
+            assert await reader.fetchval("SELECT pg_is_in_recovery()") is True
+
+            primary.kill9()
+            await asyncio.to_thread(replica.promote)
+            promoted = proxy.targets.by_address[replica.address()]
+            await wait_for(lambda: promoted.role == "WRITER" and promoted.healthy, "the proxy to see the new writer")
+
+            # the client connected before the failover keeps its connection; its borrows go to the new writer
+            assert await writer.fetchval("SELECT inet_server_port()") == replica.port
+            await writer.execute("CREATE TABLE written_after_failover (v int)")
+            assert not writer.is_closed()
+        finally:
+            writer.terminate()
+            reader.terminate()
 
 
 # ----------------------------------------------------------------------------------------------------------
