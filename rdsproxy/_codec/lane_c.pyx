@@ -43,6 +43,8 @@ cdef enum:
 
 cdef enum:
     TRANSACTION_IDLE = 73  # ReadyForQuery status 'I'
+    MY_COM_QUERY = 0x03
+    MY_AFFECTED_SHIFT = 17  # myframe's packing of feed_done's answer: affected rows + 1 above this bit
 
 # the same, for Python (and the test that holds them equal to rdsproxy.client's and rdsproxy.backend's)
 STATE_NUMBERS = {"client READY": CLIENT_READY, "client CLOSED": CLIENT_CLOSED, "backend IDLE": BACKEND_IDLE,
@@ -258,6 +260,63 @@ cdef class ClientLane:
             self._responses_complete()
         return 0
 
+    # ------------------------------------------------------------------ MySQL
+    def my_data_received(self, data):
+        """MyClient.data_received: a lone plain command accounted (as MySession.command would) and forwarded
+        here; the rest by data_received_full."""
+        cdef double now = _now()
+        cdef long long taken
+        cdef int command
+        cdef bint cursor
+        cdef BackendLane backend
+        self.last_activity = now
+        if self.state == CLIENT_READY:
+            try:
+                session = self.session
+                if session.failing is None and not session.infile:
+                    taken = self.framer.take_command(data)
+                    if taken >= 0:
+                        command = taken & 0xFF
+                        cursor = taken > 0xFF
+                        if command == MY_COM_QUERY:
+                            session.reads_last_insert_id = False
+                        outstanding = session.outstanding + 1
+                        session.outstanding = outstanding
+                        self.stats.QueryRequests += 1
+                        self.stats.QueryRequestsNoTLS += 1
+                        if outstanding == 1:
+                            self.request_started = now
+                        backend = self.backend
+                        if backend is not None and self.pending is None:
+                            backend.scanner.expect(command, cursor=cursor)
+                            backend.transport.write(data)
+                        else:
+                            self.expects.append((command, cursor))
+                            self._forward(data)
+                        return
+            except Exception as exc:  # noqa - a proxy bug ends this connection only, and quietly for the peer
+                self.data_failed(exc)
+                return
+        self.data_received_full(data)
+
+    def my_response_ok(self, long long done):
+        """The attached backend forwarded a chunk whose only news is one response that ended without error and
+        without a last insert id (MyResponseScanner.feed_done's packed answer `done`)."""
+        self._my_response_ok(done)
+
+    cdef int _my_response_ok(self, long long done) except -1:
+        session = self.session
+        outstanding = session.outstanding - 1
+        session.outstanding = outstanding
+        session.status = done & 0xFFFF
+        session.row_count = (done >> MY_AFFECTED_SHIFT) - 1  # as record_ok would (the insert id is 0)
+        if outstanding <= 0 and not session.infile:
+            if session.refresh_needed or self._refreshing:
+                self._settled()
+            else:
+                self._responses_complete()
+        return 0
+
 
 cdef class BackendLane:
     """A pooled server connection's data-path state; the base of rdsproxy.backend.BackendConnection."""
@@ -308,6 +367,25 @@ cdef class BackendLane:
                     client._pg_ready(ready)
                 return
             self.forward_events(client, data)
+        except Exception as exc:  # noqa - never leave a half-handled backend in service
+            self.forwarding_failed(exc)
+
+    # ------------------------------------------------------------------ MySQL
+    def my_data_received(self, data):
+        """MyBackend.data_received: while attached, forward first, then account for the response's end."""
+        cdef ClientLane client = self.client
+        cdef long long done
+        if client is None:
+            self.data_received_unattached(data)
+            return
+        try:
+            scanner = self.scanner
+            done = scanner.feed_done(data)
+            client.transport.write(data)
+            if done > 0:  # the hot path: this chunk ended one response with an OK or a result set
+                client._my_response_ok(done)
+            elif done < 0:
+                client.backend_events(scanner.take_events())
         except Exception as exc:  # noqa - never leave a half-handled backend in service
             self.forwarding_failed(exc)
 

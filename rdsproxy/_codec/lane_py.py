@@ -33,6 +33,8 @@ BACKEND_IDLE = 1
 BACKEND_ATTACHED = 2
 
 TRANSACTION_IDLE = 73  # ReadyForQuery status 'I'
+MY_COM_QUERY = 0x03
+MY_AFFECTED_SHIFT = 17  # myframe's packing of feed_done's answer: affected rows + 1 above this bit
 
 # the same, for the test that holds them equal to rdsproxy.client's and rdsproxy.backend's
 STATE_NUMBERS = {
@@ -227,6 +229,52 @@ class ClientLane:
         if session.outstanding <= 0:
             self.responses_complete()
 
+    # ------------------------------------------------------------------ MySQL
+    def my_data_received(self, data: bytes) -> None:
+        """MyClient.data_received: a lone plain command accounted (as MySession.command would) and forwarded
+        here; the rest by data_received_full."""
+        self.last_activity = now = time.monotonic()
+        if self.state == CLIENT_READY:
+            try:
+                session = self.session
+                if session.failing is None and not session.infile:
+                    taken = self.framer.take_command(data)
+                    if taken >= 0:
+                        command = taken & 0xFF
+                        cursor = taken > 0xFF
+                        if command == MY_COM_QUERY:
+                            session.reads_last_insert_id = False
+                        session.outstanding += 1
+                        self.stats.QueryRequests += 1
+                        self.stats.QueryRequestsNoTLS += 1
+                        if session.outstanding == 1:
+                            self.request_started = now
+                        backend = self.backend
+                        if backend is not None and self.pending is None:
+                            backend.scanner.expect(command, cursor=cursor)
+                            backend.transport.write(data)
+                        else:
+                            self.expects.append((command, cursor))  # type: ignore[attr-defined]
+                            self.forward(data)
+                        return
+            except Exception as exc:  # noqa: BLE001 - a proxy bug ends this connection only, quietly for the peer
+                self.data_failed(exc)  # type: ignore[attr-defined]
+                return
+        self.data_received_full(data)  # type: ignore[attr-defined]
+
+    def my_response_ok(self, done: int) -> None:
+        """The attached backend forwarded a chunk whose only news is one response that ended without error and
+        without a last insert id (MyResponseScanner.feed_done's packed answer `done`)."""
+        session = self.session
+        session.outstanding -= 1
+        session.status = done & 0xFFFF
+        session.row_count = (done >> MY_AFFECTED_SHIFT) - 1  # as record_ok would (the insert id is 0)
+        if session.outstanding <= 0 and not session.infile:
+            if session.refresh_needed or self._refreshing:  # type: ignore[attr-defined]
+                self._settled()  # type: ignore[attr-defined]
+            else:
+                self.responses_complete()
+
 
 class BackendLane:
     """A pooled server connection's data-path state; the base of rdsproxy.backend.BackendConnection."""
@@ -287,6 +335,24 @@ class BackendLane:
                     client.pg_ready_for_query(ready)
                 return
             self.forward_events(client, data)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - never leave a half-handled backend in service
+            self.forwarding_failed(exc)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ MySQL
+    def my_data_received(self, data: bytes) -> None:
+        """MyBackend.data_received: while attached, forward first, then account for the response's end."""
+        client: Optional[Any] = self.client
+        if client is None:
+            self.data_received_unattached(data)  # type: ignore[attr-defined]
+            return
+        try:
+            scanner = self.scanner
+            done = scanner.feed_done(data)
+            client.transport.write(data)
+            if done > 0:  # the hot path: this chunk ended one response with an OK or a result set
+                client.my_response_ok(done)
+            elif done < 0:
+                client.backend_events(scanner.take_events())
         except Exception as exc:  # noqa: BLE001 - never leave a half-handled backend in service
             self.forwarding_failed(exc)  # type: ignore[attr-defined]
 

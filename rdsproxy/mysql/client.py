@@ -7,8 +7,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from .._codec import MyClientFramer, packet_payload
-from .._codec.myframe_py import AFFECTED_SHIFT, COM_QUERY, LOCAL_INFILE, RESPONSE_DONE
+from .._codec import ClientLane, MyClientFramer, packet_payload
+from .._codec.myframe_py import LOCAL_INFILE, RESPONSE_DONE
 from ..client import (
     AUTH,
     AUTH_TIMEOUT,
@@ -140,34 +140,11 @@ class MyClient(ClientConnection):
         )
         self._send(0, greeting)
 
-    def data_received(self, data: bytes) -> None:
-        self.last_activity = now = time.monotonic()
+    # a lone plain command in the READY state is accounted and forwarded by the compiled lane; the rest comes here
+    data_received = ClientLane.my_data_received
+
+    def data_received_full(self, data: bytes) -> None:
         try:
-            if self.state == READY:
-                session = self.session
-                if session.failing is None and not session.infile:
-                    # the hot path: one plain COM_QUERY / COM_STMT_EXECUTE, recognised in one compiled call and
-                    # accounted here as MySession.command and send_command would, then forwarded whole
-                    taken = self.framer.take_command(data)
-                    if taken >= 0:
-                        command = taken & 0xFF
-                        cursor = taken > 0xFF
-                        if command == COM_QUERY:
-                            session.reads_last_insert_id = False
-                        session.outstanding += 1
-                        stats = self.stats
-                        stats.QueryRequests += 1
-                        stats.QueryRequestsNoTLS += 1
-                        if session.outstanding == 1:
-                            self.request_started = now
-                        backend = self.backend
-                        if backend is not None and self.pending is None:
-                            backend.scanner.expect(command, cursor=cursor)
-                            backend.transport.write(data)
-                        else:
-                            self.expects.append((command, cursor))
-                            self.forward(data)
-                        return
             buf, packets = self.framer.feed(data)
             for seq, start, end, _size in packets:
                 if self.state == CLOSED:
@@ -176,12 +153,17 @@ class MyClient(ClientConnection):
                     self._command(seq, buf, start, end)
                 else:
                     self._setup_packet(seq, packet_payload(buf, start, end))
-        except ProtocolViolation as exc:
+        except Exception as exc:  # noqa: BLE001 - mapped to the client's error by data_failed
+            self.data_failed(exc)
+
+    def data_failed(self, exc: Exception) -> None:
+        """Handling the client's bytes raised: end this connection with the error it deserves."""
+        if isinstance(exc, ProtocolViolation):
             self.terminate(PROTOCOL, f"protocol violation: {exc}")
-        except AuthenticationFailed as exc:
+        elif isinstance(exc, AuthenticationFailed):
             self._auth_failed(exc)
-        except Exception:  # noqa: BLE001 - a proxy bug must end this connection only, and quietly for the peer
-            log.exception("internal error while serving client %d; closing it", self.connection_id)
+        else:  # a proxy bug must end this connection only, and quietly for the peer
+            log.error("internal error while serving client %d; closing it", self.connection_id, exc_info=exc)
             self.terminate(INTERNAL_ERROR, "internal error in the proxy; the connection was closed")
 
     def eof_received(self) -> bool:
@@ -392,19 +374,6 @@ class MyClient(ClientConnection):
                 session.infile = True
         if session.outstanding <= 0 and not session.infile:
             self._settled()
-
-    def response_ok(self, done: int) -> None:
-        """Called by the attached backend after it forwarded a chunk whose only news is one response that ended
-        without error and without a last insert id (MyResponseScanner.feed_done's packed answer `done`)."""
-        session = self.session
-        session.outstanding -= 1
-        session.status = done & 0xFFFF
-        session.row_count = (done >> AFFECTED_SHIFT) - 1  # as record_ok would (the insert id is 0)
-        if session.outstanding <= 0 and not session.infile:
-            if session.refresh_needed or self._refreshing:
-                self._settled()
-            else:
-                self.responses_complete()
 
     def _settled(self) -> None:
         """Every command sent has its complete response: read back changed state, or end the transaction."""
