@@ -146,9 +146,6 @@ class ClientConnection(ClientLane, asyncio.Protocol):
         else:  # its session state must be brought in line first
             self._task = asyncio.ensure_future(self._borrow_slow(backend))
 
-    def attached(self, backend: Any) -> None:
-        """Called after each attach when `attach_hook` is set."""
-
     def _borrowed(self, backend: Any, exc: Optional[BaseException]) -> bool:
         """The pool's answer to this client's borrow: forward what waited, or fail it. Returns: backend taken."""
         self._waiter = None

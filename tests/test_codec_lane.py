@@ -9,14 +9,31 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from codec_impls import IMPLEMENTATION_NAMES, load_implementation, pg_message
+from codec_impls import (
+    IMPLEMENTATION_NAMES,
+    binary_row,
+    column_definition,
+    eof_packet,
+    err_packet,
+    lenenc_int,
+    load_implementation,
+    my_packet,
+    my_stream,
+    ok_packet,
+    pg_message,
+    result_set,
+    text_row,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rdsproxy import backend as backend_module
 from rdsproxy import client as client_module
+from rdsproxy._codec.myframe_py import AFFECTED_SHIFT, DONE_BIT  # feed_done's packing (the compiled twin's is private)
 from rdsproxy.errors import ProtocolViolation
+from rdsproxy.mysql.client import MAX_CLIENT_PACKET, MAX_SETUP_PACKET
 from rdsproxy.pg.backend import _FORWARD_INTERESTING
+from rdsproxy.protocol.mysql.session import MySession
 
 KEY = ("app", "app")
 BORROW_TIMEOUT = 5.0
@@ -35,6 +52,24 @@ ROWS = (
 )
 ERROR_ANSWER = pg_message(b"E", b'SERROR\0C42P01\0Mrelation "nope" does not exist\0\0') + pg_message(b"Z", b"I")
 GARBAGE = b"D" + struct.pack("!i", 3)  # a length below 4: the scanner raises ProtocolViolation
+
+
+# MySQL: client commands (sequence id 0) and server answers (sequence ids from 1) for a scanner with classic EOFs
+IN_TRANS, AUTOCOMMIT, CURSOR_EXISTS, IN_TRANS_READONLY = 0x0001, 0x0002, 0x0040, 0x2000
+COM_QUERY, COM_STMT_EXECUTE = 0x03, 0x17
+RESPONSE_DONE, LOCAL_INFILE = 1, 2  # MyResponseScanner event kinds
+MY_SELECT = my_packet(b"\x03SELECT c FROM sbtest1 WHERE id=42")  # no classify flag: take_command takes it
+MY_EXECUTE = my_packet(b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00")  # statement 1, flags 0: no cursor
+MY_EXECUTE_CURSOR = my_packet(b"\x17\x01\x00\x00\x00\x01\x01\x00\x00\x00")  # flags 1: opens a read-only cursor
+MY_OK = my_stream([ok_packet(AUTOCOMMIT, affected_rows=3)])
+MY_ROWS = my_stream(result_set(1, [text_row(b"abc"), text_row(b"def")], False, AUTOCOMMIT))
+MY_BINARY_ROWS = my_stream(result_set(2, [binary_row(b"x", None)], False, AUTOCOMMIT))
+# an opened cursor's answer ends at the metadata EOF only if the scanner was told the command opens a cursor
+MY_CURSOR_OPENED = my_stream([lenenc_int(1), column_definition(b"id"), eof_packet(AUTOCOMMIT | CURSOR_EXISTS)])
+MY_ERR = my_stream([err_packet()])
+MY_INSERT_OK = my_stream([ok_packet(AUTOCOMMIT, affected_rows=1, insert_id=7)])
+MY_INFILE_REQUEST = my_stream([b"\xfb/tmp/rows.csv"])
+MY_GARBAGE = b"\x00\x00\x00\x01"  # an empty packet: the scanner raises ProtocolViolation
 
 
 def answer(status: bytes = b"I") -> bytes:
@@ -73,11 +108,11 @@ class Targets:
 
 
 def make_lanes(impl) -> SimpleNamespace:
-    """Recording subclasses of one implementation's lanes, built on that same implementation's pgframe and latency.
+    """Recording subclasses of one implementation's lanes, built on that same implementation's codecs.
 
     The compiled lane's typed fields refuse the pure classes, so every class here comes from `impl`.
     """
-    lane, pgframe, Latency = impl.lane, impl.pgframe, impl.latency.Latency
+    lane, pgframe, myframe, Latency = impl.lane, impl.pgframe, impl.myframe, impl.latency.Latency
 
     class EndpointStats(lane.EndpointCounters):
         def __init__(self) -> None:
@@ -115,9 +150,6 @@ def make_lanes(impl) -> SimpleNamespace:
         def sync_sql(self, backend: Any) -> Any:
             self.calls.append(("sync_sql", backend))
             return self.sync_answer
-
-        def attached(self, backend: Any) -> None:
-            self.calls.append(("attached", backend))
 
         def terminate(self, kind: str, message: str) -> None:
             self.calls.append(("terminate", kind, message))
@@ -190,6 +222,30 @@ def make_lanes(impl) -> SimpleNamespace:
         framer.in_startup = False  # past startup, as PgClient's framer is once the client is READY
         return framer
 
+    class MyClient(Client):
+        """MyClient's own fields around the lane, and its two response hooks recorded."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.expects: list[tuple[int, bool]] = []  # as MyClient sets it (a PostgreSQL client keeps None)
+            self._refreshing = False
+
+        def backend_events(self, events: list) -> None:
+            self.calls.append(("backend_events", events))
+
+        def _settled(self) -> None:
+            self.calls.append(("_settled",))
+
+    class MyBackend(Backend):
+        def __init__(self, key: Any = KEY) -> None:
+            super().__init__(key)
+            self.scanner = myframe.MyResponseScanner(False)  # classic EOFs: the cursor flag changes where answers end
+
+    def my_ready_framer() -> Any:
+        framer = myframe.MyClientFramer(MAX_SETUP_PACKET)
+        framer.max_packet_size = MAX_CLIENT_PACKET  # raised once the client is authenticated, as MyClient does
+        return framer
+
     return SimpleNamespace(
         impl=impl,
         lane=lane,
@@ -199,6 +255,17 @@ def make_lanes(impl) -> SimpleNamespace:
         Session=Session,
         EndpointStats=EndpointStats,
         ready_framer=ready_framer,
+        # the same world for MySQL, for Rig(lanes.my): the real MySession, MyClient's framer and MyBackend's scanner
+        my=SimpleNamespace(
+            lane=lane,
+            Client=MyClient,
+            Backend=MyBackend,
+            Pool=Pool,
+            Session=MySession,
+            EndpointStats=EndpointStats,
+            ready_framer=my_ready_framer,
+            myframe=myframe,
+        ),
     )
 
 
@@ -570,14 +637,28 @@ def test_attach_to_a_client_that_cannot_take_more_pauses_the_backend(lanes):
     assert backend.transport.flow == ["pause_reading"]
 
 
-@pytest.mark.parametrize("hook", [True, False])
-def test_attach_calls_attached_only_with_attach_hook(lanes, hook):
+@pytest.mark.parametrize("expects", [None, []], ids=["PostgreSQL client", "nothing queued"])
+def test_attach_without_queued_expectations_leaves_the_scanner_alone(lanes, expects):
     rig = Rig(lanes)
     client, backend = rig.client, rig.backend
-    client.attach_hook = hook
-    client.attach(backend)
-    assert client.calls == ([("attached", backend)] if hook else [])
+    client.expects = expects
+    client.attach(backend)  # a PostgreSQL ServerScanner has no expect(): touching it would raise
+    assert_attached(client, backend)
+    assert client.expects == expects and client.calls == []
     assert not backend.reading_paused and backend.transport.flow == []
+
+
+def test_attach_hands_queued_expectations_to_the_backend_scanner(lanes):
+    rig = Rig(lanes.my)
+    client, backend = rig.client, rig.backend
+    client.expects = [(COM_QUERY, False), (COM_STMT_EXECUTE, True)]  # sent while no backend was attached
+    client.attach(backend)
+    assert client.expects == []
+    assert backend.scanner.outstanding == 2
+    # in order, the second one opening a cursor: its answer ends at the metadata EOF
+    assert backend.scanner.feed_done(MY_OK) > 0
+    assert backend.scanner.feed_done(MY_CURSOR_OPENED) > 0
+    assert backend.scanner.idle
 
 
 # ---------------------------------------------------------------------------------------------- responses_complete
@@ -773,6 +854,323 @@ def test_pg_ready_for_query(lanes, outstanding, count, status, left, released):
         assert_released(rig, client, backend)
     else:
         assert_attached(client, backend)
+
+
+# ---------------------------------------------------------------------------------------------- MySQL
+class BrokenTransport(FakeTransport):
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def write(self, data: bytes) -> None:
+        raise self.exc
+
+
+def raising(exc: Exception) -> Any:
+    """A stand-in hook that raises `exc` (set on an instance, it shadows the recording method for both twins)."""
+
+    def hook(*args: Any) -> None:
+        raise exc
+
+    return hook
+
+
+def packed_done(status: int, affected_rows: int = -1) -> int:
+    """MyResponseScanner.feed_done's answer for one response that ended well with `status`."""
+    return (affected_rows + 1) << AFFECTED_SHIFT | DONE_BIT | status
+
+
+def my_attached(lanes) -> tuple[Rig, Any, Any]:
+    """A MySQL rig whose client holds the pool's only backend with nothing in flight (as between two statements)."""
+    rig = Rig(lanes.my)
+    client, backend = rig.client, rig.backend
+    client.attach(rig.pool.try_borrow(KEY))
+    client.calls.clear()
+    return rig, client, backend
+
+
+def my_sent(lanes, command: bytes = MY_SELECT) -> tuple[Rig, Any, Any]:
+    """A MySQL rig whose client sent `command` on its attached backend, whose answer has not come yet."""
+    rig, client, backend = my_attached(lanes)
+    client.my_data_received(command)
+    assert backend.transport.written == [command] and client.session.outstanding == 1
+    return rig, client, backend
+
+
+def assert_nothing_counted(client: Any, backend: Any) -> None:
+    assert (client.stats.QueryRequests, client.stats.QueryRequestsNoTLS) == (0, 0)
+    assert client.session.outstanding == 0
+    assert client.expects == []
+    assert backend.transport.written == []
+    assert backend.scanner.idle
+
+
+# ------------------------------------------------------------------------------------------ ClientLane.my_data_received
+@pytest.mark.parametrize(
+    ("command", "server_answer", "resets_last_insert_id"),
+    [(MY_SELECT, MY_OK, True), (MY_EXECUTE, MY_BINARY_ROWS, False), (MY_EXECUTE_CURSOR, MY_CURSOR_OPENED, False)],
+    ids=["query", "execute", "execute opening a cursor"],
+)
+def test_my_client_plain_command_is_counted_and_written_to_its_backend(
+    lanes, command, server_answer, resets_last_insert_id
+):
+    rig, client, backend = my_attached(lanes)
+    session = client.session
+    session.reads_last_insert_id = True  # left by the previous statement: only a new COM_QUERY decides it again
+    before = time.monotonic()
+    client.my_data_received(command)
+    after = time.monotonic()
+    assert session.outstanding == 1
+    assert (client.stats.QueryRequests, client.stats.QueryRequestsNoTLS) == (1, 1)
+    assert before <= client.request_started <= after
+    assert client.last_activity == client.request_started
+    assert session.reads_last_insert_id is not resets_last_insert_id
+    assert backend.transport.written == [command]
+    assert client.expects == [] and client.pending is None and client.calls == []
+    # the scanner expects this very command: its answer (a cursor's ends early) completes one response
+    assert backend.scanner.feed_done(server_answer) > 0
+
+
+def test_my_client_command_behind_another_keeps_the_first_request_start(lanes):
+    rig, client, backend = my_sent(lanes)
+    client.request_started = started = 1.0  # a marker: the pipelined command's latency runs from the first
+    client.my_data_received(MY_EXECUTE)
+    assert client.request_started == started
+    assert client.session.outstanding == 2 and client.stats.QueryRequests == 2
+    assert backend.transport.written == [MY_SELECT, MY_EXECUTE]
+    assert backend.scanner.outstanding == 2
+
+
+def test_my_client_command_without_backend_queues_its_expectation_in_the_pool(lanes):
+    rig = Rig(lanes.my, idle=0)
+    client, pool = rig.client, rig.pool
+    client.my_data_received(MY_EXECUTE_CURSOR)
+    assert client.expects == [(COM_STMT_EXECUTE, True)]  # for the scanner of whichever backend comes
+    assert client.pending == [MY_EXECUTE_CURSOR]
+    assert list(pool._waiters) == [client._waiter]
+    assert client.backend is None and client.calls == []
+    assert client.session.outstanding == 1 and client.stats.QueryRequests == 1
+
+
+def test_my_client_command_borrows_an_idle_backend_that_expects_it(lanes):
+    rig = Rig(lanes.my)
+    client, backend = rig.client, rig.backend
+    client.my_data_received(MY_EXECUTE_CURSOR)
+    assert_attached(client, backend)
+    assert client.calls == []
+    assert client.expects == []  # queued before the borrow, handed to the scanner by attach
+    assert backend.transport.written == [MY_EXECUTE_CURSOR]
+    assert backend.scanner.feed_done(MY_CURSOR_OPENED) > 0
+
+
+def test_my_queued_command_is_expected_by_the_backend_handed_over(lanes):
+    rig = Rig(lanes.my, idle=1, clients=2)
+    first, second = rig.clients
+    backend = rig.backend
+    first.my_data_received(MY_SELECT)  # takes the only backend
+    second.my_data_received(MY_EXECUTE_CURSOR)  # waits for it
+    backend.my_data_received(MY_OK)  # first's answer releases it to the waiter
+    assert first.transport.written == [MY_OK] and first.backend is None
+    assert_attached(second, backend)
+    assert second.expects == []
+    assert backend.transport.written == [MY_SELECT, MY_EXECUTE_CURSOR]
+    backend.my_data_received(MY_CURSOR_OPENED)
+    assert second.transport.written == [MY_CURSOR_OPENED]
+    assert second.session.outstanding == 0
+    assert second.session.status == AUTOCOMMIT | CURSOR_EXISTS
+    assert_attached(second, backend)  # an open cursor holds the backend
+
+
+def test_my_client_command_during_a_read_back_waits_behind_it(lanes):
+    rig, client, backend = my_attached(lanes)
+    client._refreshing, client.pending = True, []  # what MyClient._settled sets while it reads state back
+    client.my_data_received(MY_SELECT)
+    assert client.expects == [(COM_QUERY, False)]  # the read-back's own answer comes first on that scanner
+    assert client.pending == [MY_SELECT]
+    assert client.calls == [("pause_reading",)]
+    assert backend.transport.written == []
+    assert backend.scanner.idle
+
+
+@pytest.mark.parametrize(
+    ("session_state", "state", "data"),
+    [
+        ({"failing": (1053, "08S01", "Server shutdown in progress")}, READY, MY_SELECT),  # the ERR owed goes first
+        # a LOCAL INFILE file's packets are not commands, even one whose sequence id wrapped to 0
+        ({"infile": True}, READY, MY_SELECT),
+        ({}, SETUP, MY_SELECT),
+        ({}, READY, MY_SELECT + MY_SELECT),
+        ({}, READY, MY_SELECT[:-1]),
+        ({}, READY, my_packet(b"\x03SET autocommit=0")),  # tracked state: the session must see it
+    ],
+    ids=["failing", "infile", "setup", "two commands", "incomplete", "set statement"],
+)
+def test_my_client_data_the_fast_path_leaves_goes_to_data_received_full(lanes, session_state, state, data):
+    rig, client, backend = my_attached(lanes)
+    for name, value in session_state.items():
+        setattr(client.session, name, value)
+    client.state = state
+    client.my_data_received(data)
+    assert client.calls == [("data_received_full", data)]
+    assert_nothing_counted(client, backend)
+    assert client.framer.pending == 0  # nothing consumed: data_received_full feeds it all
+
+
+@pytest.mark.parametrize("where", ["wait_for_backend", "backend transport"])
+def test_my_client_failure_in_the_fast_path_goes_to_data_failed(lanes, where):
+    failure = RuntimeError("the proxy is broken")
+    if where == "wait_for_backend":
+        rig = Rig(lanes.my, idle=0)
+        rig.route.pool = rig.targets.pool = None  # no healthy target: the client waits for one
+        client = rig.client
+        client.wait_error = failure
+        expected = [("wait_for_backend", None, None), ("data_failed", failure)]
+    else:
+        rig, client, backend = my_attached(lanes)
+        backend.transport = BrokenTransport(failure)
+        expected = [("data_failed", failure)]
+    client.my_data_received(MY_SELECT)  # must not raise
+    assert client.calls == expected
+    assert client.stats.QueryRequests == 1  # counted before forwarding failed
+
+
+# ----------------------------------------------------------------------------------------- BackendLane.my_data_received
+@pytest.mark.parametrize(("server_answer", "row_count"), [(MY_OK, 3), (MY_ROWS, -1)], ids=["ok", "result set"])
+def test_my_backend_answer_is_forwarded_and_releases_the_backend(lanes, server_answer, row_count):
+    rig, client, backend = my_sent(lanes)
+    session = client.session
+    session.status = IN_TRANS | AUTOCOMMIT  # the answer's own status replaces it (else the backend stays)
+    backend.my_data_received(server_answer)
+    assert client.transport.written == [server_answer]
+    assert session.outstanding == 0
+    assert session.status == AUTOCOMMIT
+    assert session.row_count == row_count  # the OK's affected rows; -1 after a result set, as ROW_COUNT()
+    assert_released(rig, client, backend)
+    assert client.stats.QueryResponseLatency.count == 1
+    assert rig.pool.stats.QueryDatabaseResponseLatency.count == 1
+    assert client.calls == [] and backend.calls == []
+
+
+@pytest.mark.parametrize("holder", ["in transaction", "pinned"])
+def test_my_backend_answer_keeps_the_backend_of_a_busy_session(lanes, holder):
+    rig, client, backend = my_sent(lanes)
+    if holder == "pinned":
+        client.session.pinned = True
+        server_answer = MY_OK
+    else:
+        server_answer = my_stream([ok_packet(IN_TRANS | AUTOCOMMIT)])
+    backend.my_data_received(server_answer)
+    assert client.transport.written == [server_answer]
+    assert client.session.outstanding == 0
+    assert client.stats.QueryResponseLatency.count == 1  # complete, but kept
+    assert_attached(client, backend)
+    assert client.calls == []
+
+
+@pytest.mark.parametrize("why", ["refresh needed", "refreshing"])
+def test_my_backend_answer_that_may_change_session_state_goes_to_settled(lanes, why):
+    rig, client, backend = my_sent(lanes)
+    if why == "refresh needed":
+        client.session.refresh_needed = True  # e.g. a SET went by the full path: state must be read back
+    else:
+        client._refreshing = True
+    backend.my_data_received(MY_OK)
+    assert client.calls == [("_settled",)]
+    assert client.transport.written == [MY_OK]
+    assert (client.session.outstanding, client.session.row_count) == (0, 3)
+    assert client.stats.QueryResponseLatency.count == 0  # _settled completes it after the read-back
+    assert_attached(client, backend)
+
+
+@pytest.mark.parametrize(
+    ("server_answer", "events"),
+    [
+        (MY_ERR, [(RESPONSE_DONE, -1, len(MY_ERR), 1)]),
+        (MY_INSERT_OK, [(RESPONSE_DONE, AUTOCOMMIT, len(MY_INSERT_OK), 0)]),  # the id must be recorded
+        (MY_INFILE_REQUEST, [(LOCAL_INFILE, -1, len(MY_INFILE_REQUEST), 0)]),
+    ],
+    ids=["error", "last insert id", "local infile"],
+)
+def test_my_backend_answer_with_news_goes_to_backend_events(lanes, server_answer, events):
+    rig, client, backend = my_sent(lanes)
+    backend.my_data_received(server_answer)
+    assert client.calls == [("backend_events", events)]
+    assert client.transport.written == [server_answer]  # forwarded first, as it is
+    assert client.session.outstanding == 1  # MyClient.backend_events accounts for it
+    assert backend.scanner.take_events() == []  # taken by the lane
+    assert_attached(client, backend)
+    assert backend.calls == []
+
+
+def test_my_backend_chunk_that_ends_nothing_is_forwarded_only(lanes):
+    rig, client, backend = my_sent(lanes)
+    half, rest = MY_ROWS[:30], MY_ROWS[30:]
+    backend.my_data_received(half)
+    assert client.transport.written == [half]
+    assert client.session.outstanding == 1
+    assert client.calls == [] and backend.calls == []
+    assert_attached(client, backend)
+    backend.my_data_received(rest)
+    assert client.transport.written == [half, rest]
+    assert_released(rig, client, backend)
+
+
+def test_my_backend_data_while_unattached_goes_to_its_own_handler(lanes):
+    rig = Rig(lanes.my)
+    rig.backend.my_data_received(MY_OK)
+    assert rig.backend.calls == [("data_received_unattached", MY_OK)]
+    assert rig.client.transport.written == []
+
+
+def test_my_backend_garbage_goes_to_forwarding_failed(lanes):
+    rig, client, backend = my_sent(lanes)
+    backend.my_data_received(MY_GARBAGE)
+    assert [call[0] for call in backend.calls] == ["forwarding_failed"]
+    assert isinstance(backend.calls[0][1], ProtocolViolation)
+    assert client.transport.written == []  # refused before forwarding
+    assert client.session.outstanding == 1 and client.calls == []
+    assert_attached(client, backend)
+
+
+@pytest.mark.parametrize(("hook", "server_answer"), [("_settled", MY_OK), ("backend_events", MY_ERR)])
+def test_my_backend_client_hook_failure_goes_to_forwarding_failed(lanes, hook, server_answer):
+    rig, client, backend = my_sent(lanes)
+    client.session.refresh_needed = True  # an OK goes to _settled
+    failure = RuntimeError("the proxy is broken")
+    setattr(client, hook, raising(failure))
+    backend.my_data_received(server_answer)  # must not raise
+    assert backend.calls == [("forwarding_failed", failure)]
+    assert client.transport.written == [server_answer]  # forwarded before the hook ran
+
+
+# ---------------------------------------------------------------------------------------------- my_response_ok
+@pytest.mark.parametrize(
+    ("outstanding", "infile", "complete"),
+    [(2, False, False), (1, True, False), (1, False, True)],
+    ids=["another answer owed", "file being sent", "complete"],
+)
+def test_my_response_ok_accounts_one_answer(lanes, outstanding, infile, complete):
+    rig, client, backend = my_attached(lanes)
+    session = client.session
+    session.outstanding, session.infile = outstanding, infile
+    status = IN_TRANS_READONLY | IN_TRANS | AUTOCOMMIT  # a flag above the low byte: all 16 bits are kept
+    client.my_response_ok(packed_done(status, affected_rows=70000))  # more than 16 bits of rows
+    assert session.outstanding == outstanding - 1
+    assert session.status == status
+    assert session.row_count == 70000
+    assert client.stats.QueryResponseLatency.count == (1 if complete else 0)
+    assert_attached(client, backend)  # in a transaction: kept even when complete
+    assert client.calls == []
+
+
+def test_my_response_ok_after_a_result_set_releases_the_backend(lanes):
+    rig, client, backend = my_attached(lanes)
+    session = client.session
+    session.outstanding, session.status, session.row_count = 1, IN_TRANS, 5
+    client.my_response_ok(packed_done(0))  # status 0 and no rows count: the packing is still non-zero
+    assert (session.outstanding, session.status, session.row_count) == (0, 0, -1)
+    assert_released(rig, client, backend)
+    assert client.calls == []
 
 
 # ---------------------------------------------------------------------------------------------- the twins agree

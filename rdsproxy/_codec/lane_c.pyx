@@ -113,7 +113,7 @@ cdef class ClientLane:
     cdef public bint reading_paused
     cdef public bint writing_paused
     cdef public bint draining
-    cdef public bint attach_hook  # call attached(backend) after each attach (MySQL hands over expected replies)
+    cdef public list expects  # MySQL: (command, cursor) of requests sent while no backend's scanner could expect them
 
     # ------------------------------------------------------------------ forwarding requests
     def forward(self, data):
@@ -179,8 +179,12 @@ cdef class ClientLane:
         self.db_request_started = _now()
         if self.writing_paused:
             backend.pause_reading()
-        if self.attach_hook:
-            self.attached(backend)
+        if self.expects:
+            # the replies to the requests queued meanwhile are what this backend's scanner must now expect
+            scanner = backend.scanner
+            for command, cursor in self.expects:
+                scanner.expect(command, cursor=cursor)
+            del self.expects[:]
         return 0
 
     # ------------------------------------------------------------------ answers complete

@@ -102,7 +102,7 @@ class ClientLane:
         "reading_paused",
         "writing_paused",
         "draining",
-        "attach_hook",
+        "expects",
     )
 
     def __init__(self) -> None:
@@ -111,7 +111,8 @@ class ClientLane:
         self.backend = self.pending = self.session = self.framer = self.wanted = self._task = self._waiter = None
         self.state = 0
         self.last_activity = self.connected_at = self.request_started = self.db_request_started = 0.0
-        self.reading_paused = self.writing_paused = self.draining = self.attach_hook = False
+        self.reading_paused = self.writing_paused = self.draining = False
+        self.expects: Optional[list] = None  # MySQL: (command, cursor) of requests no backend's scanner expects yet
 
     # ------------------------------------------------------------------ forwarding requests
     def forward(self, data: bytes) -> None:
@@ -168,8 +169,12 @@ class ClientLane:
         self.db_request_started = time.monotonic()
         if self.writing_paused:
             backend.pause_reading()
-        if self.attach_hook:
-            self.attached(backend)  # type: ignore[attr-defined]
+        if self.expects:
+            # the replies to the requests queued meanwhile are what this backend's scanner must now expect
+            scanner = backend.scanner
+            for command, cursor in self.expects:
+                scanner.expect(command, cursor=cursor)
+            del self.expects[:]
 
     # ------------------------------------------------------------------ answers complete
     def responses_complete(self) -> None:

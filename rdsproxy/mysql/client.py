@@ -97,7 +97,6 @@ class MyClient(ClientConnection):
         "capabilities",
         "charset",
         "database",
-        "expects",
         "_auth",
         "_auth_user_known",
         "_seq",
@@ -110,7 +109,6 @@ class MyClient(ClientConnection):
         super().__init__(engine, endpoint_name, stats)
         self.framer = MyClientFramer(MAX_SETUP_PACKET)
         self.session = MySession(exclude_variable_sets=engine.exclude_variable_sets)
-        self.attach_hook = True
         self.backend: Optional[MyBackend] = None
         self.connection_id = 0
         self.scramble = scramble()
@@ -306,12 +304,6 @@ class MyClient(ClientConnection):
         else:
             self.expects.append((expect, cursor))
         self.forward(data)
-
-    def attached(self, backend: MyBackend) -> None:
-        # the replies it will send are what the requests queued meanwhile expect
-        for command, cursor in self.expects:
-            backend.scanner.expect(command, cursor=cursor)
-        self.expects.clear()
 
     def sync_sql(self, backend: MyBackend) -> Optional[list[tuple[int, bytes]]]:
         """The proxy's own commands that give `backend` this client's session state, or None."""
