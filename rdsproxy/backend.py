@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Optional
 
 from ._codec import BackendLane
+from .errors import ProtocolViolation
+
+log = logging.getLogger("rdsproxy.backend")
 
 # Connection states
 CONNECTING, IDLE, ATTACHED, INTERNAL, CLOSED = range(5)
@@ -16,8 +20,9 @@ class BackendConnection(BackendLane, asyncio.Protocol):
 
     Its hot fields and the attached forwarding path are BackendLane's (compiled).
 
-    Engine subclasses implement data_received/connection_lost, startup and the proxy's own queries, and
-    `goodbye()` (the bytes that end a session politely).
+    Engine subclasses set `data_received` to their engine's BackendLane method and implement what it calls back
+    (`data_received_unattached`, and for PostgreSQL `forward_events`), connection_lost, startup and the proxy's
+    own queries, and `goodbye()` (the bytes that end a session politely).
     """
 
     def __init__(self, address: str, key: Any, owner: Any) -> None:
@@ -75,6 +80,12 @@ class BackendConnection(BackendLane, asyncio.Protocol):
         elif previous == IDLE:
             self.owner.idle_backend_lost(self)
         return previous
+
+    def forwarding_failed(self, exc: Exception) -> None:
+        """Forwarding an attached chunk raised: this connection cannot be trusted with the rest of the stream."""
+        if not isinstance(exc, ProtocolViolation):
+            log.error("internal error while forwarding from %s; closing that connection", self.address, exc_info=exc)
+        self.transport.abort()  # type: ignore[union-attr]  # connection_lost tells the client
 
     def goodbye(self) -> bytes:
         return b""

@@ -137,8 +137,9 @@ class ClientConnection(ClientLane, asyncio.Protocol):
 
     # ------------------------------------------------------------------ waiting for a backend
     def wait_for_backend(self, pool: Any, backend: Any) -> None:
-        """ClientLane could not attach a backend at once: wait for a target (no pool) or for a backend (none was
-        idle), or bring the borrowed one's session state in line first. The request waits in `pending`."""
+        """ClientLane could not attach a backend at once: wait for a target (no pool), bring the borrowed one's
+        session state in line first, or (no backend, which ClientLane leaves here only for a closing pool) let
+        borrow_later answer. The request waits in `pending`."""
         if pool is None:  # no healthy target right now: wait for one
             self._task = asyncio.ensure_future(self._borrow_slow(None))
         elif backend is None:

@@ -50,8 +50,9 @@ class TargetPool(PoolLane):
     """All backend connections to one target, under that target's connection budget.
 
     Borrowing is synchronous when an idle backend of the right (user, database) exists (the common case), so the
-    data path only awaits when it must open a connection or queue. That case, and giving a backend back when
-    nobody waits, are PoolLane's (compiled).
+    data path only awaits when it must open a connection or queue. That case, queueing a client, and giving a
+    backend back (kept idle, or handed straight to the first queued client) are PoolLane's (compiled); the rest
+    of the queue (other borrowers, expiry, opening and evicting connections) is here.
     """
 
     def __init__(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any, Optional
 
 from .._codec import BackendLane, MyResponseScanner
@@ -17,8 +16,6 @@ from ..sockets import open_connection
 
 if TYPE_CHECKING:
     from .client import MyClient
-
-log = logging.getLogger("rdsproxy.backend")
 
 # Capabilities the proxy always asks a server for; the rest follow the client (they change the wire format).
 BASE_CAPABILITIES = (
@@ -131,11 +128,6 @@ class MyBackend(BackendConnection):
     # ------------------------------------------------------------------ asyncio.Protocol
     # while attached, the compiled lane forwards and accounts a response's end; the rest comes to the methods below
     data_received = BackendLane.my_data_received
-
-    def forwarding_failed(self, exc: Exception) -> None:
-        if not isinstance(exc, ProtocolViolation):
-            log.error("internal error while forwarding from %s; closing that connection", self.address, exc_info=exc)
-        self.transport.abort()  # type: ignore[union-attr]  # connection_lost tells the client
 
     def data_received_unattached(self, data: bytes) -> None:
         if self.state == CONNECTING:

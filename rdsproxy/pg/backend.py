@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import struct
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -17,8 +16,6 @@ from ..sockets import open_connection
 
 if TYPE_CHECKING:
     from .client import PgClient
-
-log = logging.getLogger("rdsproxy.backend")
 
 _STARTUP_INTERESTING = b"RSKEZ"
 _INTERNAL_INTERESTING = b"ZEDS"
@@ -96,11 +93,6 @@ class PgBackend(BackendConnection):
         client.transport.write(data)  # type: ignore[union-attr]
         if events:
             client.backend_events(events)
-
-    def forwarding_failed(self, exc: Exception) -> None:
-        if not isinstance(exc, ProtocolViolation):
-            log.error("internal error while forwarding from %s; closing that connection", self.address, exc_info=exc)
-        self.transport.abort()  # type: ignore[union-attr]  # connection_lost tells the client
 
     def data_received_unattached(self, data: bytes) -> None:
         try:
