@@ -97,12 +97,7 @@ class TargetPool(PoolLane):
         if self._closed:
             deliver(None, BackendUnavailable("the proxy is shutting down", sqlstate="57P01"))
             return waiter
-        self.stats.DatabaseConnectionRequests += 1
-        self._waiters.append(waiter)
-        if self._expiry is None or waiter.deadline < self._expiry_at:
-            self._arm_expiry(waiter.deadline)
-        if self._idle_count or self._total < self.limit:  # else nothing can be opened or evicted for it
-            self._make_room_for(waiter)
+        self.queue(waiter)
         return waiter
 
     async def borrow(self, key: PoolKey, timeout: float) -> Any:

@@ -72,8 +72,10 @@ def single_backend_config(server: PostgresServer, **overrides: Any) -> ProxyConf
     return make_config(server, max_connections_percent=1, max_idle_connections_percent=1, **overrides)
 
 
-async def connect_asyncpg(proxy: Proxy, server: PostgresServer, **kwargs: Any) -> asyncpg.Connection:
-    host, port = proxy.address("default")
+async def connect_asyncpg(
+    proxy: Proxy, server: PostgresServer, endpoint: str = "default", **kwargs: Any
+) -> asyncpg.Connection:
+    host, port = proxy.address(endpoint)
     # statement_cache_size=0: named prepared statements would pin the session, as with PgBouncer
     return await asyncpg.connect(
         host=host,
@@ -589,16 +591,7 @@ async def test_a_promoted_replica_takes_the_writer_endpoint_and_connected_client
     )
     async with running_proxy(config) as proxy:
         writer = await connect_asyncpg(proxy, primary)
-        reader_host, reader_port = proxy.address("reader")
-        reader = await asyncpg.connect(
-            host=reader_host,
-            port=reader_port,
-            user=primary.app_user,
-            password=primary.app_password,
-            database=primary.app_database,
-            statement_cache_size=0,
-            command_timeout=MESSAGE_TIMEOUT,
-        )
+        reader = await connect_asyncpg(proxy, primary, "reader")
         try:
             assert await writer.fetchval("SELECT inet_server_port()") == primary.port
             assert await reader.fetchval("SELECT inet_server_port()") == replica.port

@@ -497,13 +497,21 @@ cdef class PoolLane:
         waiter.timeout = timeout
         waiter.deadline = waiter.enqueued + timeout
         waiter.pool = self
+        self._queue(waiter)
+        return waiter
+
+    def queue(self, Waiter waiter not None):
+        """Put `waiter` at the end of the FIFO queue, count its request, and make room for it if the budget allows."""
+        self._queue(waiter)
+
+    cdef int _queue(self, Waiter waiter) except -1:
         self.stats.DatabaseConnectionRequests += 1
         self._waiters.append(waiter)
         if self._expiry is None or waiter.deadline < self._expiry_at:
             self._arm_expiry(waiter.deadline)
         if self._idle_count or self._total < self.limit:  # else nothing can be opened or evicted for it
             self._make_room_for(waiter)
-        return waiter
+        return 0
 
     cdef bint _hand_over(self, BackendLane backend) except -1:
         """Give `backend` to the first waiter if that is a client that can use it as is; False: ask _place."""

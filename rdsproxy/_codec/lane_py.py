@@ -459,13 +459,17 @@ class PoolLane:
     def _enqueue(self, client: ClientLane, key: Any, timeout: float) -> Waiter:
         """TargetPool.borrow_later for a client: queue it (FIFO) for the next backend of `key`."""
         waiter = Waiter(key, None, time.monotonic(), timeout, self, client)
+        self.queue(waiter)
+        return waiter
+
+    def queue(self, waiter: Waiter) -> None:
+        """Put `waiter` at the end of the FIFO queue, count its request, and make room for it if the budget allows."""
         self.stats.DatabaseConnectionRequests += 1
         self._waiters.append(waiter)
         if self._expiry is None or waiter.deadline < self._expiry_at:
             self._arm_expiry(waiter.deadline)  # type: ignore[attr-defined]
         if self._idle_count or self._total < self.limit:  # else nothing can be opened or evicted for it
             self._make_room_for(waiter)  # type: ignore[attr-defined]
-        return waiter
 
     def _hand_over(self, backend: BackendLane) -> bool:
         """Give `backend` to the first waiter if that is a client that can use it as is; False: ask _place."""
