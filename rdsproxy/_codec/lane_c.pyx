@@ -94,7 +94,7 @@ cdef class ClientLane:
     cdef public object engine
     cdef public object endpoint_name
     cdef public EndpointCounters stats
-    cdef public Route route  # set by the engine; None: every borrow asks Targets.pool_for
+    cdef public Route route  # from Targets.route at connection; None: every borrow asks Targets.pool_for
     cdef public object transport
     cdef public int state
     cdef public object user
