@@ -243,6 +243,19 @@ class TargetPool(PoolLane):
                 return
 
     # ------------------------------------------------------------------ returning (give_back: PoolLane)
+    def _borrower_failed(self, backend: Any, exc: Exception) -> None:
+        """Handing `backend` over raised (a proxy bug): close it, and the client it got attached to, if any.
+
+        Detached first, so that its closing does not come back through that client as a second discard.
+        """
+        log.error("a borrower failed to take a backend of %s; closing that backend", self.address, exc_info=exc)
+        client = backend.client
+        if client is not None:
+            backend.client = None
+            client.backend = None
+            client.close()
+        self.discard_borrowed(backend)
+
     def discard_borrowed(self, backend: Any) -> None:
         """A borrowed backend cannot be reused (dirty, broken): close it and free its budget slot."""
         self._borrowed -= 1
@@ -258,9 +271,8 @@ class TargetPool(PoolLane):
             self._mark_borrowed(time.monotonic() - waiter.enqueued)
             try:
                 taken = waiter.deliver(backend, None)
-            except Exception:  # noqa: BLE001 - a borrower's bug must not lose the backend or the queue
-                log.exception("a borrower failed to take a backend of %s; closing that backend", self.address)
-                self.discard_borrowed(backend)
+            except Exception as exc:  # noqa: BLE001 - a borrower's bug must not lose the backend or the queue
+                self._borrower_failed(backend, exc)
                 return
             if taken:
                 return

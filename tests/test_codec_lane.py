@@ -217,6 +217,9 @@ def make_lanes(impl) -> SimpleNamespace:
         def _place(self, backend: Any) -> None:
             self.calls.append(("_place", backend))
 
+        def _borrower_failed(self, backend: Any, exc: Exception) -> None:
+            self.calls.append(("_borrower_failed", backend, exc))
+
     def ready_framer() -> Any:
         framer = pgframe.ClientFramer()
         framer.in_startup = False  # past startup, as PgClient's framer is once the client is READY
@@ -560,6 +563,51 @@ def test_give_back_hands_the_backend_to_the_queued_client(lanes):
     assert pool.stats.DatabaseConnectionsBorrowLatency.count == 2  # the idle borrow and the queued one
     assert second.calls == [("resume_reading",)]
     assert pool.calls == [("_arm_expiry", pytest.approx(pool._expiry_at))]
+
+
+def test_a_failing_hand_over_goes_to_borrower_failed(lanes):
+    rig = Rig(lanes, idle=1, clients=2)
+    first, second = rig.clients
+    pool, backend = rig.pool, rig.backend
+    first.forward(QUERY)
+    second.forward(QUERY)
+    failure = RuntimeError("the queued client broke")
+
+    def broken_write(data: bytes) -> None:
+        raise failure
+
+    backend.transport.write = broken_write  # _take attaches, then its write of the queued request raises
+    pool.calls.clear()
+    first.session.outstanding = 0
+    first.responses_complete()  # must not raise into the first client's path
+    assert pool.calls == [("_borrower_failed", backend, failure)]
+    assert first.backend is None and not pool._waiters
+
+
+def test_target_pool_closes_a_backend_its_borrower_failed_to_take_and_that_client():
+    """TargetPool._borrower_failed: the backend leaves the budget once, the client it was attached to is closed."""
+    from rdsproxy.metrics import TargetStats
+    from rdsproxy.pool import TargetPool
+
+    async def never_connect(key: object) -> None:
+        raise AssertionError("nothing is opened here")
+
+    pool = TargetPool("t", never_connect, TargetStats("t"), limit=1, max_idle_percent=100, idle_backend_timeout=60)
+
+    class Closeable:  # hashable, unlike SimpleNamespace: the pool keeps its open backends in a set
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    backend, client = Closeable(), Closeable()
+    backend.key, backend.client, client.backend = KEY, client, backend
+    pool._open_backends.add(backend)
+    pool._total = pool._borrowed = pool.stats.DatabaseConnections = 1
+    pool._borrower_failed(backend, RuntimeError("broken borrower"))
+    assert backend.closed and client.closed
+    assert backend.client is None and client.backend is None  # its closing cannot come back as a second discard
+    assert pool.total == 0 and pool.borrowed == 0 and pool.stats.DatabaseConnections == 0
 
 
 @pytest.mark.parametrize("obstacle", ["other key", "not in sync", "closed", "not a client"])

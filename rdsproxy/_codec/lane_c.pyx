@@ -529,5 +529,8 @@ cdef class PoolLane:
         self._borrowed += 1
         stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
         stats.DatabaseConnectionsBorrowLatency._observe(<long long>((now - waiter.enqueued) * 1000000))
-        client._take(backend)
+        try:
+            client._take(backend)
+        except Exception as exc:  # noqa - a borrower's bug must not lose the backend or the queue
+            self._borrower_failed(backend, exc)
         return True

@@ -484,5 +484,8 @@ class PoolLane:
         self._borrowed += 1
         self.stats.DatabaseConnectionsCurrentlyBorrowed = self._borrowed
         self.stats.DatabaseConnectionsBorrowLatency.observe(int((now - waiter.enqueued) * 1_000_000))
-        client._take(backend)
+        try:
+            client._take(backend)
+        except Exception as exc:  # noqa: BLE001 - a borrower's bug must not lose the backend or the queue
+            self._borrower_failed(backend, exc)  # type: ignore[attr-defined]
         return True
