@@ -125,7 +125,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "DatabaseConnectionsSetupFailed": "Backend connection attempts that failed.",
     "DatabaseConnectionBorrowTimeouts": "Borrows that gave up after connection_borrow_timeout.",
     "SessionPinningEvents": "Client sessions pinned to a backend connection.",
-    "FailoverEvents": "Writer failovers observed on this target.",
+    "FailoverEvents": "Times this target took the writer role over from another target that lost it.",
     "DatabaseConnectionsBorrowLatency": "Time to borrow a backend connection, in microseconds.",
     "QueryDatabaseResponseLatency": "Time from forwarding a query to the backend's first response byte, "
     "in microseconds.",

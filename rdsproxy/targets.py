@@ -87,6 +87,7 @@ class Targets:
         self._endpoint_roles = {e.name: e.target_role for e in config.endpoints}
         self._reader_turn = 0
         self._routes: dict[str, Route] = {}
+        self._last_writer: Optional[Target] = None  # the writer most recently seen, for counting failovers
         self._task: Optional[asyncio.Task] = None
         tg = config.target_group
         for address in tg.targets:
@@ -149,9 +150,23 @@ class Targets:
         target.healthy = True
         target.last_error = None
         target.set_role(WRITER if result.writable else READER)
+        if result.writable:
+            self._writer_seen(target)
         target.max_connections = result.max_connections
         target.reserved = result.reserved_connections
         target.pool.set_limit(self._budget(target))
+
+    def _writer_seen(self, target: Target) -> None:
+        """Count a failover on `target` when it takes the writer role from another target that lost it."""
+        previous = self._last_writer
+        if previous is target:
+            return
+        if previous is not None:
+            if previous.healthy and previous.role == WRITER:
+                return  # two writable targets at once (a promotion racing the old writer): not a takeover yet
+            target.stats.FailoverEvents += 1
+            log.warning("failover: target %s took over as WRITER from %s", target.address, previous.address)
+        self._last_writer = target
 
     async def _health_loop(self) -> None:
         while True:

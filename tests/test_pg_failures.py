@@ -592,20 +592,23 @@ async def test_a_promoted_replica_takes_the_writer_endpoint_and_connected_client
     async with running_proxy(config) as proxy:
         writer = await connect_asyncpg(proxy, primary)
         reader = await connect_asyncpg(proxy, primary, "reader")
+        promoted = proxy.targets.by_address[replica.address()]
         try:
             assert await writer.fetchval("SELECT inet_server_port()") == primary.port
             assert await reader.fetchval("SELECT inet_server_port()") == replica.port
             assert await reader.fetchval("SELECT pg_is_in_recovery()") is True
+            assert proxy.metrics()["FailoverEvents"] == 0  # the first writer seen is not a failover
 
             primary.kill9()
             await asyncio.to_thread(replica.promote)
-            promoted = proxy.targets.by_address[replica.address()]
             await wait_for(lambda: promoted.role == "WRITER" and promoted.healthy, "the proxy to see the new writer")
 
             # the client connected before the failover keeps its connection; its borrows go to the new writer
             assert await writer.fetchval("SELECT inet_server_port()") == replica.port
             await writer.execute("CREATE TABLE written_after_failover (v int)")
             assert not writer.is_closed()
+            assert proxy.metrics()["FailoverEvents"] == 1
+            assert promoted.stats.FailoverEvents == 1  # counted on the target that took over
         finally:
             writer.terminate()
             reader.terminate()
