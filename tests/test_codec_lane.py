@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import struct
 import time
 from collections import deque
@@ -332,6 +334,95 @@ def assert_attached(client: Any, backend: Any) -> None:
     assert client.backend is backend
     assert backend.client is client
     assert backend.state == ATTACHED
+
+
+# ---------------------------------------------------------------------------------------------- on a real relay
+def relayed_lanes(lanes: SimpleNamespace) -> SimpleNamespace:
+    """The recording lanes as PgClient and PgBackend are: data_received is the lane's entry point."""
+
+    class RelayedClient(lanes.Client):
+        data_received = lanes.lane.ClientLane.pg_data_received
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def connection_lost(self, exc: Any) -> None:
+            self.calls.append(("connection_lost", exc))
+
+    class RelayedBackend(lanes.Backend):
+        data_received = lanes.lane.BackendLane.pg_data_received
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def connection_lost(self, exc: Any) -> None:
+            self.calls.append(("connection_lost", exc))
+
+    return SimpleNamespace(**{**vars(lanes), "Client": RelayedClient, "Backend": RelayedBackend})
+
+
+async def receive_exactly(peer: socket.socket, size: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    received = b""
+    while len(received) < size:
+        chunk = await asyncio.wait_for(loop.sock_recv(peer, 65536), 5)
+        assert chunk, f"the peer was closed after {received!r}"
+        received += chunk
+    return received
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    return ours, peer
+
+
+async def test_a_transaction_through_the_relay_reaches_the_lane_and_leaves_by_it(lanes):
+    # The compiled relay hands received bytes to the lane's entry points, and the lane writes to the relay's
+    # transports, both with C calls: the bytes and the bookkeeping must be those of the Python-level calls.
+    relay = lanes.impl.relay.Relay(asyncio.get_running_loop())
+    rig = Rig(relayed_lanes(lanes))
+    client, backend = rig.client, rig.backend
+    client_socket, client_peer = socket_pair()
+    backend_socket, backend_peer = socket_pair()
+    try:
+        relay.adopt(client_socket, client)
+        relay.adopt(backend_socket, backend)
+        for _ in range(3):
+            client_peer.send(QUERY)
+            assert await receive_exactly(backend_peer, len(QUERY)) == QUERY
+            assert client.backend is backend and backend.client is client
+            backend_peer.send(answer())
+            assert await receive_exactly(client_peer, len(answer())) == answer()
+            assert_released(rig, client, backend)
+        assert client.stats.QueryRequests == 3
+        assert rig.pool.stats.QueryDatabaseResponseLatency.count == 3
+        assert client.calls == [] and backend.calls == []  # neither the full path nor a failure hook
+    finally:
+        relay.close()
+        client_peer.close()
+        backend_peer.close()
+
+
+async def test_a_subclass_that_overrides_data_received_is_served_by_its_own_method(lanes):
+    class OwnClient(relayed_lanes(lanes).Client):
+        def data_received(self, data: bytes) -> None:
+            self.calls.append(("own data_received", data))
+
+    relay = lanes.impl.relay.Relay(asyncio.get_running_loop())
+    rig = Rig(SimpleNamespace(**{**vars(lanes), "Client": OwnClient}))
+    client_socket, client_peer = socket_pair()
+    try:
+        relay.adopt(client_socket, rig.client)
+        client_peer.send(QUERY)
+        deadline = time.monotonic() + 5
+        while not rig.client.calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert rig.client.calls == [("own data_received", QUERY)]
+        assert rig.client.backend is None and rig.client.stats.QueryRequests == 0  # the lane was not involved
+    finally:
+        relay.close()
+        client_peer.close()
 
 
 # ---------------------------------------------------------------------------------------------- module constants

@@ -10,7 +10,6 @@ Subclasses change behaviour through those hooks only: the compiled twin calls it
 try_borrow, give_back and ReadyForQuery accounting directly, so overriding them in Python would be ignored.
 """
 
-from .latency_c cimport Latency
 from .pgframe_c cimport ClientFramer, PgRequestState, ServerScanner
 
 cdef extern from "<time.h>" nogil:
@@ -65,55 +64,71 @@ def monotonic():
     return _now()
 
 
+cdef class Port:
+    """A transport the lane writes to with a C call: relay_c's transports derive from it (see lane_c.pxd)."""
+
+    cdef int _send(self, bytes data) except -1:
+        self.write(data)
+        return 0
+
+
+cdef inline int _write(object transport, object data) except -1:
+    # the relay's transports take the bytes in a C call; asyncio's (RDSPROXY_RELAY=0) through write()
+    if type(data) is bytes and isinstance(transport, Port):
+        return (<Port>transport)._send(<bytes>data)
+    transport.write(data)
+    return 0
+
+
+cdef int entry_of(object protocol) except -1:
+    """Which of the lane's entry points `protocol.data_received` is (ENTRY_NONE for anything else), so that a
+    Port can deliver received bytes with a C call; a subclass that overrides data_received gets ENTRY_NONE."""
+    method = getattr(type(protocol), "data_received", None)
+    if method is None:
+        return ENTRY_NONE
+    if method is _CLIENT_PG and isinstance(protocol, ClientLane):
+        return ENTRY_CLIENT_PG
+    if method is _CLIENT_MY and isinstance(protocol, ClientLane):
+        return ENTRY_CLIENT_MY
+    if method is _BACKEND_PG and isinstance(protocol, BackendLane):
+        return ENTRY_BACKEND_PG
+    if method is _BACKEND_MY and isinstance(protocol, BackendLane):
+        return ENTRY_BACKEND_MY
+    return ENTRY_NONE
+
+
+cdef int deliver(object protocol, int entry, object data) except -1:
+    """protocol.data_received(data), for an `entry` that entry_of(protocol) answered."""
+    if entry == ENTRY_CLIENT_PG:
+        return (<ClientLane>protocol)._pg_received(data)
+    if entry == ENTRY_CLIENT_MY:
+        return (<ClientLane>protocol)._my_received(data)
+    if entry == ENTRY_BACKEND_PG:
+        return (<BackendLane>protocol)._pg_received(data)
+    if entry == ENTRY_BACKEND_MY:
+        return (<BackendLane>protocol)._my_received(data)
+    protocol.data_received(data)
+    return 0
+
+
 cdef class EndpointCounters:
     """The numbers of an endpoint that every transaction bumps; the base of rdsproxy.metrics.EndpointStats."""
 
-    cdef public long long QueryRequests
-    cdef public long long QueryRequestsNoTLS
-    cdef public Latency QueryResponseLatency
 
 
 cdef class TargetCounters:
     """The numbers of a target that every transaction bumps; the base of rdsproxy.metrics.TargetStats."""
 
-    cdef public long long DatabaseConnectionRequests
-    cdef public long long DatabaseConnectionsCurrentlyBorrowed
-    cdef public Latency DatabaseConnectionsBorrowLatency
-    cdef public Latency QueryDatabaseResponseLatency
 
 
 cdef class Route:
     """The pool serving an endpoint's borrows now, kept current by rdsproxy.targets (None: ask Targets.pool_for)."""
 
-    cdef public PoolLane pool
 
 
 cdef class ClientLane:
     """A client connection's data-path state; the base of rdsproxy.client.ClientConnection."""
 
-    cdef public object engine
-    cdef public object endpoint_name
-    cdef public EndpointCounters stats
-    cdef public Route route  # from Targets.route at connection; None: every borrow asks Targets.pool_for
-    cdef public object transport
-    cdef public int state
-    cdef public object user
-    cdef public object key
-    cdef public BackendLane backend
-    cdef public list pending  # requests waiting for a backend, or for the proxy's own exchange on it
-    cdef public object session
-    cdef public object framer
-    cdef public object wanted  # the session's tracked settings, compared with a backend's `applied`; None: ask sync_sql
-    cdef public object _task
-    cdef public object _waiter
-    cdef public double last_activity
-    cdef public double connected_at
-    cdef public double request_started
-    cdef public double db_request_started
-    cdef public bint reading_paused
-    cdef public bint writing_paused
-    cdef public bint draining
-    cdef public list expects  # MySQL: (command, cursor) of requests sent while no backend's scanner could expect them
 
     # ------------------------------------------------------------------ forwarding requests
     def forward(self, data):
@@ -127,7 +142,7 @@ cdef class ClientLane:
             # earlier: pausing every waiting client costs two epoll_ctl calls per borrow when the pool is busy.
             self.pause_reading()
         elif self.backend is not None:
-            self.backend.transport.write(data)
+            _write(self.backend.transport, data)
         else:
             self._borrow_and_send(data)
         return 0
@@ -141,7 +156,7 @@ cdef class ClientLane:
             backend = pool._try_borrow(self.key)
             if backend is not None and self._in_sync(backend):
                 self._attach(backend)
-                backend.transport.write(data)
+                _write(backend.transport, data)
                 return 0
         self.pending = [data]
         if pool is not None and backend is None and not pool._closed:
@@ -158,7 +173,7 @@ cdef class ClientLane:
         pending = self.pending
         self.pending = None
         if pending:
-            backend.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
+            _write(backend.transport, b"".join(pending) if len(pending) > 1 else pending[0])
         if self.reading_paused:
             self.resume_reading()
         return 0
@@ -226,6 +241,9 @@ cdef class ClientLane:
     # ------------------------------------------------------------------ PostgreSQL
     def pg_data_received(self, data):
         """PgClient.data_received: plain requests accounted and forwarded here; the rest by data_received_full."""
+        self._pg_received(data)
+
+    cdef int _pg_received(self, data) except -1:
         cdef double now = _now()
         cdef PgRequestState session
         cdef long long requests
@@ -243,11 +261,12 @@ cdef class ClientLane:
                     if was_quiet and session.outstanding > 0:
                         self.request_started = now
                     self._forward(data)
-                    return
+                    return 0
             except Exception as exc:  # noqa - a proxy bug ends this connection only, and quietly for the peer
                 self.data_failed(exc)
-                return
+                return 0
         self.data_received_full(data)
+        return 0
 
     def pg_ready_for_query(self, long long ready):
         """The attached backend forwarded a chunk whose only news is ReadyForQuery.
@@ -268,6 +287,9 @@ cdef class ClientLane:
     def my_data_received(self, data):
         """MyClient.data_received: a lone plain command accounted (as MySession.command would) and forwarded
         here; the rest by data_received_full."""
+        self._my_received(data)
+
+    cdef int _my_received(self, data) except -1:
         cdef double now = _now()
         cdef long long taken
         cdef int command
@@ -293,15 +315,16 @@ cdef class ClientLane:
                         backend = self.backend
                         if backend is not None and self.pending is None:
                             backend.scanner.expect(command, cursor=cursor)
-                            backend.transport.write(data)
+                            _write(backend.transport, data)
                         else:
                             self.expects.append((command, cursor))
                             self._forward(data)
-                        return
+                        return 0
             except Exception as exc:  # noqa - a proxy bug ends this connection only, and quietly for the peer
                 self.data_failed(exc)
-                return
+                return 0
         self.data_received_full(data)
+        return 0
 
     def my_response_ok(self, long long done):
         """The attached backend forwarded a chunk whose only news is one response that ended without error and
@@ -325,19 +348,6 @@ cdef class ClientLane:
 cdef class BackendLane:
     """A pooled server connection's data-path state; the base of rdsproxy.backend.BackendConnection."""
 
-    cdef public object address
-    cdef public object key  # the pool key (user, database or capability profile)
-    cdef public object owner  # the engine: told when an idle backend dies
-    cdef public PoolLane pool  # the pool that counts this connection, once it joined one
-    cdef public object transport
-    cdef public int state
-    cdef public ClientLane client
-    cdef public double idle_since
-    cdef public bint broken
-    cdef public bint reading_paused
-    cdef public object scanner
-    cdef public object applied  # tracked session state set on this connection (beyond server defaults)
-    cdef public object _waiter
 
     def pause_reading(self):
         if not self.reading_paused and self.transport is not None:
@@ -358,40 +368,49 @@ cdef class BackendLane:
     # ------------------------------------------------------------------ PostgreSQL
     def pg_data_received(self, data):
         """PgBackend.data_received: while attached, forward first, then account for what changes state."""
+        self._pg_received(data)
+
+    cdef int _pg_received(self, data) except -1:
         cdef ClientLane client = self.client
         cdef long long ready
         if client is None:
             self.data_received_unattached(data)
-            return
+            return 0
         try:
             ready = (<ServerScanner?>self.scanner)._feed_ready(data)
             if ready >= 0:  # the hot path: nothing but (maybe) ReadyForQuery in this chunk
-                client.transport.write(data)
+                _write(client.transport, data)
                 if ready:
                     client._pg_ready(ready)
-                return
+                return 0
             self.forward_events(client, data)
         except Exception as exc:  # noqa - never leave a half-handled backend in service
             self.forwarding_failed(exc)
+        return 0
 
     # ------------------------------------------------------------------ MySQL
+
     def my_data_received(self, data):
         """MyBackend.data_received: while attached, forward first, then account for the response's end."""
+        self._my_received(data)
+
+    cdef int _my_received(self, data) except -1:
         cdef ClientLane client = self.client
         cdef long long done
         if client is None:
             self.data_received_unattached(data)
-            return
+            return 0
         try:
             scanner = self.scanner
             done = scanner.feed_done(data)
-            client.transport.write(data)
+            _write(client.transport, data)
             if done > 0:  # the hot path: this chunk ended one response with an OK or a result set
                 client._my_response_ok(done)
             elif done < 0:
                 client.backend_events(scanner.take_events())
         except Exception as exc:  # noqa - never leave a half-handled backend in service
             self.forwarding_failed(exc)
+        return 0
 
 
 cdef class Waiter:
@@ -402,13 +421,6 @@ cdef class Waiter:
     borrower's, to its `callback`.
     """
 
-    cdef public object key
-    cdef public object callback
-    cdef public ClientLane client
-    cdef public double enqueued
-    cdef public double deadline
-    cdef public double timeout
-    cdef public object pool
 
     def __init__(self, key, callback, double enqueued, double timeout, pool, ClientLane client=None):
         self.key = key
@@ -432,16 +444,6 @@ cdef class Waiter:
 cdef class PoolLane:
     """A target pool's idle backends, waiters and counters; the base of rdsproxy.pool.TargetPool."""
 
-    cdef public dict _idle  # pool key -> idle backends, the warmest last
-    cdef public Py_ssize_t _idle_count
-    cdef public Py_ssize_t _borrowed
-    cdef public Py_ssize_t _total  # open + opening backends: what counts against the budget
-    cdef public Py_ssize_t limit
-    cdef public object _waiters  # a deque of Waiter, FIFO
-    cdef public object _expiry  # the timer for the earliest waiter's deadline
-    cdef public double _expiry_at
-    cdef public bint _closed
-    cdef public TargetCounters stats
 
     def try_borrow(self, key):
         """An idle backend for `key` right now, or None (then call `borrow_later` or `borrow`)."""
@@ -534,3 +536,10 @@ cdef class PoolLane:
         except Exception as exc:  # noqa - a borrower's bug must not lose the backend or the queue
             self._borrower_failed(backend, exc)
         return True
+
+
+# the entry points' descriptors, as a protocol class that uses one holds it (entry_of compares them)
+cdef object _CLIENT_PG = ClientLane.__dict__["pg_data_received"]
+cdef object _CLIENT_MY = ClientLane.__dict__["my_data_received"]
+cdef object _BACKEND_PG = BackendLane.__dict__["pg_data_received"]
+cdef object _BACKEND_MY = BackendLane.__dict__["my_data_received"]

@@ -7,6 +7,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.errno cimport EAGAIN, EINTR, errno  # EWOULDBLOCK is EAGAIN on Linux
 from libc.stdlib cimport free, malloc
 
+from .lane_c cimport ENTRY_NONE, Port, deliver, entry_of
+
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
         void *ptr
@@ -191,13 +193,18 @@ cdef class Relay:
                 transport._read()
 
 
-cdef class RelayTransport:
-    """asyncio.Transport for one socket of a Relay."""
+cdef class RelayTransport(Port):
+    """asyncio.Transport for one socket of a Relay.
+
+    A Port of the compiled lane: the lane writes with a C call, and received bytes go to a lane entry point with
+    a C call too (see lane_c.entry_of); any other protocol is served through its Python methods.
+    """
 
     cdef Relay _relay
     cdef int _fd
     cdef object _protocol
     cdef object _data_received  # the protocol's bound method, looked up once rather than on every read
+    cdef int _entry  # the lane entry point that data_received is (lane_c.ENTRY_*), or ENTRY_NONE
     cdef object _peername
     cdef object _sockname
     cdef list _buffer
@@ -220,6 +227,7 @@ cdef class RelayTransport:
         self._fd = fd
         self._protocol = protocol
         self._data_received = protocol.data_received
+        self._entry = entry_of(protocol)
         self._peername = None  # read from the socket when first asked: most connections never are
         self._sockname = None
         self._buffer = None  # allocated when a write has to wait: most connections never need one
@@ -236,26 +244,29 @@ cdef class RelayTransport:
 
     # ------------------------------------------------------------------ asyncio.Transport
     def write(self, data):
-        cdef Py_ssize_t size, sent
         if type(data) is not bytes:
             if not isinstance(data, (bytearray, memoryview)):
                 raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
             data = bytes(data)
+        self._send(<bytes>data)
+
+    cdef int _send(self, bytes data) except -1:
+        cdef Py_ssize_t size, sent
         if self._closing or self._eof_pending or self._fd < 0:
-            return
+            return 0
         size = PyBytes_GET_SIZE(data)
         if not size:
-            return
+            return 0
         if not self._buffered:
             sent = c_send(self._fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL)
             if sent == size:
-                return
+                return 0
             if sent < 0:
                 if errno == EAGAIN or errno == EINTR:
                     sent = 0
                 else:
                     self._fatal(_os_error(errno))
-                    return
+                    return 0
             if sent:
                 data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + sent, size - sent)
             self._buffer = [data]
@@ -267,6 +278,7 @@ cdef class RelayTransport:
         if self._buffered > self._high and not self._writing_paused:
             self._writing_paused = True
             self._call_protocol("pause_writing")
+        return 0
 
     def writelines(self, list_of_data):
         self.write(b"".join(list_of_data))
@@ -338,6 +350,7 @@ cdef class RelayTransport:
     def set_protocol(self, protocol):
         self._protocol = protocol
         self._data_received = protocol.data_received
+        self._entry = entry_of(protocol)
 
     def can_write_eof(self):
         return True
@@ -355,7 +368,10 @@ cdef class RelayTransport:
         if got > 0:
             data = PyBytes_FromStringAndSize(_read_buffer, got)
             try:
-                self._data_received(data)
+                if self._entry != ENTRY_NONE:
+                    deliver(self._protocol, self._entry, data)
+                else:
+                    self._data_received(data)
             except Exception as exc:  # a protocol bug ends this connection only
                 self._report(exc, "data_received")
             return 0
