@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The per-transaction data path compiled: borrow, forward and release backends on typed state (twin of lane_py).
 
-ClientConnection, BackendConnection and TargetPool are Python subclasses of these classes. Every transaction
+ClientConnection, BackendConnection and TargetPool are Python subclasses of these classes, whose fields are declared
+in lane_c.pxd (so that relay_c can deliver bytes to them and be written to with C calls). Every transaction
 crosses this code twice (the client's request, then the server's ReadyForQuery); here it runs without a Python
 frame or a dictionary-backed attribute. Whatever is not the plain case (queueing for a backend, syncing session
 state, pins, errors) calls back into the Python subclasses.
@@ -115,7 +116,6 @@ cdef class EndpointCounters:
     """The numbers of an endpoint that every transaction bumps; the base of rdsproxy.metrics.EndpointStats."""
 
 
-
 cdef class TargetCounters:
     """The numbers of a target that every transaction bumps; the base of rdsproxy.metrics.TargetStats."""
 
@@ -125,10 +125,8 @@ cdef class Route:
     """The pool serving an endpoint's borrows now, kept current by rdsproxy.targets (None: ask Targets.pool_for)."""
 
 
-
 cdef class ClientLane:
     """A client connection's data-path state; the base of rdsproxy.client.ClientConnection."""
-
 
     # ------------------------------------------------------------------ forwarding requests
     def forward(self, data):
@@ -348,7 +346,6 @@ cdef class ClientLane:
 cdef class BackendLane:
     """A pooled server connection's data-path state; the base of rdsproxy.backend.BackendConnection."""
 
-
     def pause_reading(self):
         if not self.reading_paused and self.transport is not None:
             self.reading_paused = True
@@ -421,7 +418,6 @@ cdef class Waiter:
     borrower's, to its `callback`.
     """
 
-
     def __init__(self, key, callback, double enqueued, double timeout, pool, ClientLane client=None):
         self.key = key
         self.callback = callback
@@ -443,7 +439,6 @@ cdef class Waiter:
 
 cdef class PoolLane:
     """A target pool's idle backends, waiters and counters; the base of rdsproxy.pool.TargetPool."""
-
 
     def try_borrow(self, key):
         """An idle backend for `key` right now, or None (then call `borrow_later` or `borrow`)."""
