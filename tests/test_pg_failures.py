@@ -614,6 +614,30 @@ async def test_a_promoted_replica_takes_the_writer_endpoint_and_connected_client
             reader.terminate()
 
 
+async def test_two_writers_at_once_are_not_a_failover_until_the_old_one_is_gone(
+    fresh_pg: Callable[..., PostgresServer],
+) -> None:
+    # A replica promoted while the old writer still answers (split brain, or a switchover's overlap) is not a
+    # takeover yet; the old writer's loss is, once. Without that rule FailoverEvents would count every health
+    # check that alternates between the two.
+    primary = fresh_pg(max_connections=20)
+    replica = primary.make_replica()
+    primary.wait_caught_up(replica)
+    config = proxy_config_for(primary, targets=[primary.address(), replica.address()], health_check_interval=0.1)
+    async with running_proxy(config) as proxy:
+        promoted = proxy.targets.by_address[replica.address()]
+        await asyncio.to_thread(replica.promote)
+        await wait_for(lambda: promoted.role == "WRITER" and promoted.healthy, "the proxy to see a second writer")
+        await asyncio.sleep(1.0)  # ten health checks with both targets writable
+        assert proxy.metrics()["FailoverEvents"] == 0
+
+        primary.kill9()
+        await wait_for(lambda: proxy.metrics()["FailoverEvents"] >= 1, "the failover to be counted")
+        await asyncio.sleep(1.0)
+        assert proxy.metrics()["FailoverEvents"] == 1
+        assert promoted.stats.FailoverEvents == 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Cancel
 
