@@ -340,23 +340,18 @@ def assert_attached(client: Any, backend: Any) -> None:
 def relayed_lanes(lanes: SimpleNamespace) -> SimpleNamespace:
     """The recording lanes as PgClient and PgBackend are: data_received is the lane's entry point."""
 
-    class RelayedClient(lanes.Client):
+    class Relayed:
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def connection_lost(self, exc: Any) -> None:
+            self.calls.append(("connection_lost", exc))
+
+    class RelayedClient(Relayed, lanes.Client):
         data_received = lanes.lane.ClientLane.pg_data_received
 
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def connection_lost(self, exc: Any) -> None:
-            self.calls.append(("connection_lost", exc))
-
-    class RelayedBackend(lanes.Backend):
+    class RelayedBackend(Relayed, lanes.Backend):
         data_received = lanes.lane.BackendLane.pg_data_received
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def connection_lost(self, exc: Any) -> None:
-            self.calls.append(("connection_lost", exc))
 
     return SimpleNamespace(**{**vars(lanes), "Client": RelayedClient, "Backend": RelayedBackend})
 
