@@ -90,10 +90,20 @@ class BackendConnection(BackendLane, asyncio.Protocol):
     def goodbye(self) -> bytes:
         return b""
 
+    def writable(self) -> bool:
+        """Whether the proxy may send on this connection: open, and its transport not closed under it.
+
+        uvloop closes a transport whose peer went away before the protocol hears connection_lost; writing in that
+        window raises RuntimeError, so the proxy's own exchanges and close() ask first.
+        """
+        return self.state != CLOSED and self.transport is not None and not self.transport.is_closing()
+
     def close(self) -> None:
         if self.state != CLOSED and self.transport is not None:
+            writable = self.writable()
             self.state = CLOSED
             try:
-                self.transport.write(self.goodbye())
+                if writable:
+                    self.transport.write(self.goodbye())
             finally:
                 self.transport.close()

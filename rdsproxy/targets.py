@@ -137,13 +137,11 @@ class Targets:
                 target.monitor = await self.engine.open_monitor(target)
             result = await asyncio.wait_for(self.engine.probe(target.monitor), 10)
         except (RdsProxyError, OSError, asyncio.TimeoutError) as exc:
-            if target.healthy or target.last_error is None:
-                log.warning("target %s is unavailable: %s", target.address, exc)
-            target.healthy = False
-            target.last_error = str(exc) or type(exc).__name__
-            if target.monitor is not None:
-                target.monitor.close()
-                target.monitor = None
+            self._unavailable(target, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a proxy bug must not end the health loop, or failover with it
+            log.error("health check of target %s failed unexpectedly", target.address, exc_info=exc)
+            self._unavailable(target, exc)
             return
         if not target.healthy:
             log.info("target %s is up as %s", target.address, WRITER if result.writable else READER)
@@ -155,6 +153,15 @@ class Targets:
         target.max_connections = result.max_connections
         target.reserved = result.reserved_connections
         target.pool.set_limit(self._budget(target))
+
+    def _unavailable(self, target: Target, exc: Exception) -> None:
+        if target.healthy or target.last_error is None:
+            log.warning("target %s is unavailable: %s", target.address, exc)
+        target.healthy = False
+        target.last_error = str(exc) or type(exc).__name__
+        if target.monitor is not None:
+            target.monitor.close()
+            target.monitor = None
 
     def _writer_seen(self, target: Target) -> None:
         """Count a failover on `target` when it takes the writer role from another target that lost it."""

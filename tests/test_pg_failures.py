@@ -607,8 +607,9 @@ async def test_a_promoted_replica_takes_the_writer_endpoint_and_connected_client
             assert await writer.fetchval("SELECT inet_server_port()") == replica.port
             await writer.execute("CREATE TABLE written_after_failover (v int)")
             assert not writer.is_closed()
-            assert proxy.metrics()["FailoverEvents"] == 1
-            assert promoted.stats.FailoverEvents == 1  # counted on the target that took over
+            # counted on the target that took over, once a health check has seen the old writer gone
+            await wait_for(lambda: proxy.metrics()["FailoverEvents"] >= 1, "the failover to be counted")
+            assert promoted.stats.FailoverEvents == 1
         finally:
             writer.terminate()
             reader.terminate()
@@ -636,6 +637,30 @@ async def test_two_writers_at_once_are_not_a_failover_until_the_old_one_is_gone(
         await asyncio.sleep(1.0)
         assert proxy.metrics()["FailoverEvents"] == 1
         assert promoted.stats.FailoverEvents == 1
+
+
+async def test_a_health_check_on_a_monitor_closed_under_it_marks_the_target_down_and_the_loop_lives_on(
+    fresh_pg: Callable[..., PostgresServer],
+) -> None:
+    # uvloop closes a transport whose peer went away before the protocol hears connection_lost. A probe written in
+    # that window raised RuntimeError out of the health check, which ended the health loop for good: a crashed
+    # writer's replica was then never seen promoted. The window is opened here by aborting the monitor's transport
+    # and checking in the same tick.
+    server = fresh_pg(max_connections=20)
+    config = proxy_config_for(server, health_check_interval=0.1)
+    async with running_proxy(config) as proxy:
+        target = proxy.targets.by_address[server.address()]
+        monitor = target.monitor
+        assert monitor is not None and target.healthy
+        monitor.transport.abort()
+        await proxy.targets.check(target)  # must not raise
+        assert not target.healthy
+        assert target.monitor is None or target.monitor is not monitor
+        # the health loop goes on: it reconnects and finds the target up again
+        await wait_for(lambda: target.healthy and target.monitor is not None, "the target to be checked up again")
+        proxy.targets.by_address[server.address()].monitor.transport.abort()
+        await asyncio.sleep(0)  # the closed transport's connection_lost has not run yet ...
+        await proxy.targets.close()  # ... and closing the monitor then must not raise either
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -220,6 +220,9 @@ class MyBackend(BackendConnection):
         return await self._internal(command, payload)
 
     async def _internal(self, command: int, payload: bytes) -> list[list[Optional[str]]]:
+        if not self.writable():
+            self.broken = True
+            raise BackendUnavailable("the database closed the connection", sqlstate="08S01")
         self._waiter = asyncio.get_running_loop().create_future()
         self._buffer.clear()
         previous_client = self.client

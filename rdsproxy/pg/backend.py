@@ -155,6 +155,9 @@ class PgBackend(BackendConnection):
     # ------------------------------------------------------------------ the proxy's own queries
     async def query(self, sql: bytes) -> list[list[Optional[str]]]:
         """Run SQL (simple protocol) for the proxy itself; returns the rows of the last result."""
+        if not self.writable():
+            self.broken = True
+            raise BackendUnavailable("the database closed the connection")
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         self._rows = []
