@@ -386,7 +386,6 @@ cdef class BackendLane:
         return 0
 
     # ------------------------------------------------------------------ MySQL
-
     def my_data_received(self, data):
         """MyBackend.data_received: while attached, forward first, then account for the response's end."""
         self._my_received(data)
