@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -18,6 +19,7 @@ log = logging.getLogger("rdsproxy.sockets")
 ACCEPT_BATCH = 64
 # After the process ran out of file descriptors, wait this long before accepting again rather than spin.
 ACCEPT_PAUSE = 1.0
+OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 def relay_enabled() -> bool:
@@ -83,25 +85,31 @@ class RelayServer:
             self._loop.add_reader(sock.fileno(), self._accept, sock)
 
     def _accept(self, sock: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):
+        # The relay accepts in C (accept4, no socket objects); this only handles what it cannot decide alone.
+        tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        remaining = ACCEPT_BATCH
+        while remaining > 0:
             try:
-                conn, _ = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:  # out of file descriptors or memory: retrying at once would spin
+                accepted = self._relay.accept(sock, self._factory, remaining, tcp)
+            except OSError as exc:
+                if exc.errno not in OUT_OF_RESOURCES:
+                    log.warning("could not accept or set up a client connection on %s: %s", sock.getsockname(), exc)
+                    remaining -= 1
+                    continue
+                # out of file descriptors or memory: retrying at once would spin
                 log.error(
                     "cannot accept connections on %s (%s): pausing for %g s", sock.getsockname(), exc, ACCEPT_PAUSE
                 )
                 self._loop.remove_reader(sock.fileno())
                 self._loop.call_later(ACCEPT_PAUSE, self._resume, sock)
                 return
-            try:
-                self._relay.adopt(conn, self._factory())
             except Exception:  # noqa: BLE001 - one connection's setup failure must not stop the listener
-                log.exception("could not set up a client connection; closing it")
-                conn.close()
+                log.exception("could not set up a client connection; closed it")
+                remaining -= 1
+                continue
+            if accepted < remaining:
+                return  # none is waiting any more
+            remaining -= accepted
 
     def _resume(self, sock: socket.socket) -> None:
         if self._serving:

@@ -10,6 +10,7 @@ import os
 import random
 import select
 import socket
+import stat
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -1035,3 +1036,102 @@ async def test_random_chunks_arrive_intact_both_ways(impl, left_specs, right_spe
         relay.close()
         left_sock.close()
         right_sock.close()
+
+
+# --------------------------------------------------------------------------- accepting
+
+
+def listening_socket(kind: str) -> socket.socket:
+    if kind == "unix":
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind("")  # an abstract address: nothing to clean up
+    else:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    return listener
+
+
+def open_sockets() -> set[int]:
+    """The process's open socket descriptors."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                found.add(int(name))
+        except OSError:  # the directory listing's own descriptor, closed by now
+            pass
+    return found
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_accept_serves_each_waiting_connection_up_to_the_limit(relay, kind):
+    with listening_socket(kind) as listener:
+        clients = [socket.socket(listener.family, socket.SOCK_STREAM) for _ in range(3)]
+        try:
+            for client in clients:
+                client.connect(listener.getsockname())
+            made: list[Recorder] = []
+
+            def factory() -> Recorder:
+                made.append(Recorder())
+                return made[-1]
+
+            before = open_sockets()
+            assert relay.accept(listener, factory, 2, kind == "tcp") == 2  # the limit holds back the third
+            assert relay.accept(listener, factory, 5, kind == "tcp") == 1
+            assert relay.accept(listener, factory, 5, kind == "tcp") == 0  # none waiting: no error
+            assert relay.connections == 3
+            assert [rec.events for rec in made] == [["made"]] * 3
+            accepted = open_sockets() - before
+            assert len(accepted) == 3
+            for fd in accepted:
+                assert os.get_blocking(fd) is False
+                with socket.fromfd(fd, listener.family, socket.SOCK_STREAM) as dup:
+                    if kind == "tcp":
+                        assert dup.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                    assert dup.get_inheritable() is False
+            # every accepted connection carries bytes both ways
+            for index, (client, rec) in enumerate(zip(clients, made)):
+                client.sendall(b"ping %d" % index)
+                await rec.until(lambda rec=rec: rec.nbytes >= 6)
+                rec.transport.write(b"pong %d" % index)
+                client.settimeout(TIMEOUT)
+                assert client.recv(16) == b"pong %d" % index
+        finally:
+            for client in clients:
+                client.close()
+
+
+async def test_accept_closes_a_connection_whose_protocol_cannot_start_and_raises(relay):
+    with listening_socket("tcp") as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        try:
+            before = open_sockets()
+
+            def broken_factory() -> Recorder:
+                raise ValueError("no protocol today")
+
+            with pytest.raises(ValueError, match="no protocol today"):
+                relay.accept(listener, broken_factory, 4, True)
+            assert relay.connections == 0
+            assert open_sockets() == before  # the accepted socket did not leak
+            assert client.recv(1) == b""  # the client sees its connection closed
+        finally:
+            client.close()
+
+
+async def test_accept_reports_an_accept_error_as_oserror(relay):
+    listener = listening_socket("tcp")
+    listener.close()
+    with pytest.raises(OSError) as failure:
+        relay.accept(listener, Recorder, 4, True)
+    assert failure.value.errno in (errno.EBADF, None)
+
+
+async def test_accept_on_a_closed_relay_raises(impl):
+    relay = impl.Relay(asyncio.get_running_loop())
+    relay.close()
+    with listening_socket("tcp") as listener, pytest.raises(RuntimeError, match="closed"):
+        relay.accept(listener, Recorder, 4, True)

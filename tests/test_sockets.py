@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 from typing import Any, Optional
 
@@ -144,3 +145,85 @@ def test_the_relay_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not sockets.relay_enabled()
     monkeypatch.setenv("RDSPROXY_RELAY", "1")
     assert sockets.relay_enabled()
+
+
+async def test_a_burst_beyond_one_accept_batch_is_served_whole() -> None:
+    relay = Relay(asyncio.get_running_loop())
+    server = await sockets.start_server(relay, Echo, "127.0.0.1", 0, backlog=512)
+    clients: list[socket.socket] = []
+    try:
+        address = server.sockets[0].getsockname()
+        for _ in range(sockets.ACCEPT_BATCH * 2 + 7):  # all waiting before the listener's first wake-up
+            clients.append(socket.create_connection(address, timeout=TIMEOUT))
+        for index, client in enumerate(clients):
+            client.sendall(b"%d" % index)
+        for index, client in enumerate(clients):
+            expected = b"%d" % index
+            received = b""
+            while len(received) < len(expected):
+                received += await asyncio.get_running_loop().run_in_executor(None, client.recv, 16)
+            assert received == expected
+        assert relay.connections == len(clients)
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        relay.close()
+
+
+async def test_a_protocol_that_fails_to_start_costs_only_its_own_connection(caplog: pytest.LogCaptureFixture) -> None:
+    relay = Relay(asyncio.get_running_loop())
+    made: list[Echo] = []
+
+    def factory() -> Echo:
+        if not made:
+            made.append(Echo())
+            raise RuntimeError("the first protocol fails")
+        made.append(Echo())
+        return made[-1]
+
+    server = await sockets.start_server(relay, factory, "127.0.0.1", 0, backlog=16)
+    try:
+        address = server.sockets[0].getsockname()
+        with socket.create_connection(address, timeout=TIMEOUT) as first:
+            assert await asyncio.get_running_loop().run_in_executor(None, first.recv, 1) == b""  # closed
+        assert "could not set up a client connection" in caplog.text
+        transport, received = await round_trip(None, "127.0.0.1", address[1])
+        assert received == b"ping"
+        assert relay.connections >= 1
+    finally:
+        server.close()
+        relay.close()
+
+
+async def test_running_out_of_descriptors_pauses_accepting_then_resumes(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sockets, "ACCEPT_PAUSE", 0.2)
+    relay = Relay(asyncio.get_running_loop())
+    server = await sockets.start_server(relay, Echo, "127.0.0.1", 0, backlog=16)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with socket.create_connection(server.sockets[0].getsockname(), timeout=TIMEOUT) as client:
+            lowest_free = os.dup(0)
+            os.close(lowest_free)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor can be made
+            try:
+                for _ in range(200):
+                    if "pausing for 0.2 s" in caplog.text:
+                        break
+                    await asyncio.sleep(0.01)
+                assert "Too many open files" in caplog.text and "pausing for 0.2 s" in caplog.text
+                assert relay.connections == 0
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            client.sendall(b"after the pause")
+            received = b""
+            while len(received) < 15:
+                received += await asyncio.get_running_loop().run_in_executor(None, client.recv, 64)
+            assert received == b"after the pause"
+            assert relay.connections == 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        server.close()
+        relay.close()

@@ -4,7 +4,7 @@
 import socket
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.errno cimport EAGAIN, EINTR, errno  # EWOULDBLOCK is EAGAIN on Linux
+from libc.errno cimport ECONNABORTED, EAGAIN, EINTR, errno  # EWOULDBLOCK is EAGAIN on Linux
 from libc.stdlib cimport free, malloc
 
 from .lane_c cimport ENTRY_NONE, Port, deliver, entry_of
@@ -35,9 +35,21 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t c_recv "recv"(int fd, void *buf, size_t n, int flags)
     ssize_t c_send "send"(int fd, const void *buf, size_t n, int flags)
     int c_shutdown "shutdown"(int fd, int how)
+    int c_accept4 "accept4"(int fd, void *addr, void *addrlen, int flags)
+    int c_setsockopt "setsockopt"(int fd, int level, int name, const void *value, unsigned int length)
     enum:
         MSG_NOSIGNAL
         SHUT_WR
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+
+cdef extern from "<netinet/in.h>" nogil:
+    enum:
+        IPPROTO_TCP
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_NODELAY
 
 cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
@@ -120,7 +132,43 @@ cdef class Relay:
         sock.setblocking(False)
         if sock.family == socket.AF_INET or sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cdef int fd = sock.detach()
+        return self._serve(sock.detach(), protocol)
+
+    def accept(self, listening, protocol_factory, int limit, bint tcp):
+        """Accept up to `limit` connections waiting on the nonblocking listening socket `listening`, each served
+        with a new protocol from `protocol_factory()`; TCP ones get TCP_NODELAY. Returns how many were accepted,
+        fewer than `limit` once none is waiting.
+
+        A failure of the factory or of connection_made closes that connection and propagates; an accept error
+        other than "none waiting" or "aborted by the peer" (out of descriptors, say) raises OSError.
+        """
+        cdef int listen_fd = listening.fileno()
+        cdef int fd, code
+        cdef int accepted = 0
+        cdef int one = 1
+        if self._epfd < 0:
+            raise RuntimeError("the relay is closed")
+        while accepted < limit:
+            fd = c_accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                code = errno
+                if code == EAGAIN:
+                    break
+                if code == EINTR or code == ECONNABORTED:
+                    continue
+                raise _os_error(code)
+            accepted += 1
+            if tcp:
+                c_setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+            try:
+                protocol = protocol_factory()
+            except BaseException:
+                c_close(fd)
+                raise
+            self._serve(fd, protocol)
+        return accepted
+
+    cdef RelayTransport _serve(self, int fd, object protocol):
         cdef RelayTransport transport = RelayTransport.__new__(RelayTransport)
         transport._setup(self, fd, protocol)
         try:

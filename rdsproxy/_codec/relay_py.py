@@ -46,7 +46,39 @@ class Relay:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        fd = sock.detach()
+        return self._serve(sock.detach(), protocol)
+
+    def accept(self, listening: socket.socket, protocol_factory: Any, limit: int, tcp: bool) -> int:
+        """Accept up to `limit` connections waiting on the nonblocking listening socket `listening`, each served
+        with a new protocol from `protocol_factory()`; TCP ones get TCP_NODELAY. Returns how many were accepted,
+        fewer than `limit` once none is waiting.
+
+        A failure of the factory or of connection_made closes that connection and propagates; an accept error
+        other than "none waiting" or "aborted by the peer" (out of descriptors, say) raises OSError.
+        """
+        if self._epoll is None:
+            raise RuntimeError("the relay is closed")
+        accepted = 0
+        while accepted < limit:
+            try:
+                conn, _ = listening.accept()
+            except BlockingIOError:
+                break
+            except (InterruptedError, ConnectionAbortedError):
+                continue
+            accepted += 1
+            try:
+                conn.setblocking(False)
+                if tcp:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                protocol = protocol_factory()
+            except BaseException:
+                conn.close()
+                raise
+            self._serve(conn.detach(), protocol)
+        return accepted
+
+    def _serve(self, fd: int, protocol: Any) -> RelayTransport:
         transport = RelayTransport(self, fd, protocol)
         try:
             self._epoll.register(fd, _EPOLLIN)
