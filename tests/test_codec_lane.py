@@ -47,6 +47,7 @@ STATUS_IDLE, STATUS_IN_TRANSACTION = ord("I"), ord("T")
 
 QUERY = pg_message(b"Q", b"SELECT abalance FROM pgbench_accounts WHERE aid = 4242;\0")
 NAMED_PARSE = pg_message(b"P", b"s1\0SELECT 1\0" + struct.pack("!h", 0))  # a named statement pins: full path
+TERMINATE = pg_message(b"X")
 ROWS = (
     pg_message(b"T", struct.pack("!h", 1) + b"abalance\0" + struct.pack("!ihihih", 0, 0, 23, 4, -1, 0))
     + pg_message(b"D", struct.pack("!hi", 1, 1) + b"0")
@@ -161,6 +162,9 @@ def make_lanes(impl) -> SimpleNamespace:
 
         def data_received_full(self, data: bytes) -> None:
             self.calls.append(("data_received_full", data))
+
+        def close(self) -> None:
+            self.calls.append(("close",))
 
         def resume_reading(self) -> None:
             self.calls.append(("resume_reading",))
@@ -909,6 +913,28 @@ def test_client_data_refused_by_take_plain_takes_the_full_path(lanes, chunk):
     assert client.stats.QueryRequests == 0
     assert client.session.outstanding == 0
     assert rig.backend.transport.written == []
+
+
+def test_a_lone_terminate_closes_the_client_without_the_full_path(lanes):
+    rig = Rig(lanes)
+    client = rig.client
+    client.pg_data_received(TERMINATE)
+    assert client.calls == [("close",)]
+    assert rig.backend.transport.written == []
+    assert client.session.outstanding == 0
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["after a held partial message", "behind a query"])
+def test_a_terminate_with_other_bytes_takes_the_full_path(lanes, held):
+    rig = Rig(lanes)
+    client = rig.client
+    if held:
+        client.framer.feed(QUERY[:3])  # an incomplete message waits in the framer: the X completes nothing alone
+        client.pg_data_received(TERMINATE)
+        assert client.calls == [("data_received_full", TERMINATE)]
+    else:
+        client.pg_data_received(QUERY + TERMINATE)
+        assert client.calls == [("data_received_full", QUERY + TERMINATE)]
 
 
 def test_client_data_hook_failure_goes_to_data_failed(lanes):

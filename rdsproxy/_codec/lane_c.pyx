@@ -11,6 +11,8 @@ Subclasses change behaviour through those hooks only: the compiled twin calls it
 try_borrow, give_back and ReadyForQuery accounting directly, so overriding them in Python would be ignored.
 """
 
+from cpython.bytearray cimport PyByteArray_GET_SIZE
+
 from .pgframe_c cimport ClientFramer, PgRequestState, ServerScanner
 
 cdef extern from "<time.h>" nogil:
@@ -40,6 +42,8 @@ cdef enum:
     CLIENT_CLOSED = 4
     BACKEND_IDLE = 1
     BACKEND_ATTACHED = 2
+
+cdef bytes _PG_TERMINATE = b"X\x00\x00\x00\x04"  # PostgreSQL's Terminate message, whole
 
 cdef enum:
     TRANSACTION_IDLE = 73  # ReadyForQuery status 'I'
@@ -248,6 +252,9 @@ cdef class ClientLane:
         cdef bint was_quiet
         self.last_activity = now
         if self.state == CLIENT_READY:
+            if data == _PG_TERMINATE and not PyByteArray_GET_SIZE((<ClientFramer?>self.framer)._held):
+                self.close()  # a lone Terminate (every client's last message): nothing to forward or account
+                return 0
             try:
                 session = <PgRequestState?>self.session
                 was_quiet = session.outstanding == 0

@@ -29,6 +29,7 @@ __all__ = [
 # Connection states, the same numbers as rdsproxy.client and rdsproxy.backend (a test holds them equal).
 CLIENT_READY = 3
 CLIENT_CLOSED = 4
+_PG_TERMINATE = b"X\x00\x00\x00\x04"  # PostgreSQL's Terminate message, whole
 BACKEND_IDLE = 1
 BACKEND_ATTACHED = 2
 
@@ -203,6 +204,9 @@ class ClientLane:
         """PgClient.data_received: plain requests accounted and forwarded here; the rest by data_received_full."""
         self.last_activity = now = time.monotonic()
         if self.state == CLIENT_READY:
+            if data == _PG_TERMINATE and not self.framer.pending:
+                self.close()  # type: ignore[attr-defined]  # a lone Terminate: nothing to forward or account
+                return
             try:
                 session = self.session
                 was_quiet = session.outstanding == 0
