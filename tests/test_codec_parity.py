@@ -393,3 +393,37 @@ def test_selector_exports_the_mysql_codecs():
     assert codec.parse_kill(b"KILL 1") == ("CONNECTION", 1)
     if not codec.extensions_disabled():
         assert active.myframe.__file__.endswith((".so", ".pyd"))
+
+
+startup_pieces = st.lists(
+    st.one_of(
+        st.sampled_from([b"user", b"database", b"alice", b"options", b"\0", b"\0\0", b"\xff", "é".encode()]),
+        st.binary(max_size=12),
+    ),
+    max_size=12,
+).map(b"".join)
+startup_codes = st.sampled_from([196608, 196610, 80877103, 80877104, 80877102, 80877105, 131072, 0xFFFFFFFF])
+
+
+@PARITY
+@given(code=startup_codes, body=startup_pieces)
+def test_parse_startup_twins_agree(twins, code, body):
+    outcomes = []
+    for impl in twins:
+        try:
+            outcomes.append(("ok", impl.pgframe.parse_startup(code.to_bytes(4, "big") + body)))
+        except ProtocolViolation as exc:
+            outcomes.append(("error", str(exc)))
+    assert outcomes[0] == outcomes[1]
+
+
+@PARITY
+@given(payload=st.binary(max_size=40))
+def test_parse_startup_twins_agree_on_arbitrary_bytes(twins, payload):
+    outcomes = []
+    for impl in twins:
+        try:
+            outcomes.append(("ok", impl.pgframe.parse_startup(payload)))
+        except ProtocolViolation as exc:
+            outcomes.append(("error", str(exc)))
+    assert outcomes[0] == outcomes[1]

@@ -384,3 +384,62 @@ def test_max_message_size_can_be_raised_after_setup(impl):
     body = b"x" * 195 + b"\x00"
     buf, msgs = framer.feed(b"Q" + (200).to_bytes(4, "big") + body)
     assert msgs == [(ord("Q"), 5, 201)]
+
+
+# --------------------------------------------------------------------------- parse_startup
+
+
+def test_parse_startup_reads_a_startup_message(impl):
+    version, params = impl.pgframe.parse_startup(STARTUP[4:])
+    assert version == PROTOCOL_3_0
+    assert params == {"user": "alice", "database": "app"}
+    assert list(params) == ["user", "database"]  # in the order sent
+
+
+def test_parse_startup_keeps_utf8_names_and_values_and_newer_minor_versions(impl):
+    body = "user\0zoë\0application_name\0ünï\0_pq_.x\0on\0\0".encode()
+    assert impl.pgframe.parse_startup(startup_packet(PROTOCOL_3_0 + 2, body)[4:]) == (
+        PROTOCOL_3_0 + 2,
+        {"user": "zoë", "application_name": "ünï", "_pq_.x": "on"},
+    )
+
+
+@pytest.mark.parametrize("code", [SSL_REQUEST, GSSENC_REQUEST])
+def test_parse_startup_encryption_requests(impl, code):
+    assert impl.pgframe.parse_startup(startup_packet(code)[4:]) == (code, None)
+
+
+@pytest.mark.parametrize("secret", [b"\x01\x02\x03\x04", bytes(range(32)), b"s" * 256])
+def test_parse_startup_cancel_request(impl, secret):
+    payload = startup_packet(CANCEL_REQUEST, struct.pack("!I", 4242) + secret)[4:]
+    assert impl.pgframe.parse_startup(payload) == (CANCEL_REQUEST, (4242, secret))
+
+
+STARTUP_ERRORS = [
+    (b"\x00\x03", "startup packet too short: 6 bytes"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"x" * 9993, "startup packet too long: 10001 bytes (limit 10000)"),
+    (struct.pack("!I", SSL_REQUEST) + b"\0", "SSLRequest must be 8 bytes long, got 9"),
+    (struct.pack("!I", GSSENC_REQUEST) + b"\0\0", "GSSENCRequest must be 8 bytes long, got 10"),
+    (struct.pack("!II", CANCEL_REQUEST, 1) + b"abc", "CancelRequest has a bad length (15 bytes)"),
+    (struct.pack("!I", CANCEL_REQUEST) + b"ab", "CancelRequest has a bad length (10 bytes)"),
+    (struct.pack("!II", CANCEL_REQUEST, 1) + b"s" * 257, "the secret key must be 4 to 256 bytes"),
+    (struct.pack("!I", (1234 << 16) | 5681), "unknown startup request code 1234.5681"),
+    (struct.pack("!I", 2 << 16), "unsupported frontend protocol 2.0: the proxy supports 3.0"),
+    (struct.pack("!I", PROTOCOL_3_0), "missing the final NUL"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"user", "startup parameter name is not NUL-terminated"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"user\0", "startup parameter 'user' has no value"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"user\0bob", "value of startup parameter 'user' is not NUL-terminated"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"user\0bob\0", "missing the final NUL"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"us\xffer\0bob\0\0", "startup packet parameter name is not valid UTF-8"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"user\0b\xffob\0\0", "value of parameter 'user' is not valid UTF-8"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"user\0a\0user\0b\0\0", "startup parameter 'user' appears more than once"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"user\0a\0\0x", "bytes after the NUL that ends the parameter list"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"database\0a\0\0", "no PostgreSQL user name specified"),
+    (struct.pack("!I", PROTOCOL_3_0) + b"user\0\0\0", "no PostgreSQL user name specified"),
+]
+
+
+@pytest.mark.parametrize(("payload", "message"), STARTUP_ERRORS)
+def test_parse_startup_refuses_malformed_packets_naming_the_problem(impl, payload, message):
+    with pytest.raises(ProtocolViolation, match=message.replace("(", r"\(").replace(")", r"\)")):
+        impl.pgframe.parse_startup(payload)

@@ -91,6 +91,7 @@ del _compiled
 ClientFramer = ACTIVE.pgframe.ClientFramer
 ServerScanner = ACTIVE.pgframe.ServerScanner
 PgRequestState = ACTIVE.pgframe.PgRequestState
+parse_startup = ACTIVE.pgframe.parse_startup
 classify_pg = ACTIVE.classify.classify_pg
 MyClientFramer = ACTIVE.myframe.MyClientFramer
 MyResponseScanner = ACTIVE.myframe.MyResponseScanner
@@ -133,6 +134,7 @@ __all__ = [
     "mysql_select_of_session_functions",
     "mysql_session_function_items",
     "packet_payload",
+    "parse_startup",
     "parse_kill",
     "tokenize",
 ]

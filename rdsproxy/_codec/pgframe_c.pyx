@@ -8,6 +8,7 @@ from cpython.bytearray cimport (
     PyByteArray_Resize,
 )
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, uint32_t
 from libc.string cimport memchr, memcmp, memcpy, memset
 
@@ -15,25 +16,35 @@ from ..errors import ProtocolViolation
 from .classify_c cimport classify_pg_span
 
 __all__ = [
+    "CANCEL_REQUEST_CODE",
     "DEFAULT_INTERESTING",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "GSSENC_REQUEST_CODE",
+    "MAX_CANCEL_SECRET",
     "MAX_STARTUP_LENGTH",
+    "MIN_CANCEL_SECRET",
     "MIN_STARTUP_LENGTH",
     "SSL_REQUEST_CODE",
     "ClientFramer",
     "PgRequestState",
     "ServerScanner",
+    "parse_startup",
 ]
 
 cdef enum:
     SSL_REQUEST = 80877103
     GSSENC_REQUEST = 80877104
+    CANCEL_REQUEST = 80877102
+    CANCEL_SECRET_MIN = 4
+    CANCEL_SECRET_MAX = 256
     STARTUP_MIN = 8
     STARTUP_MAX = 10000
 
 SSL_REQUEST_CODE = SSL_REQUEST
 GSSENC_REQUEST_CODE = GSSENC_REQUEST
+CANCEL_REQUEST_CODE = CANCEL_REQUEST
+MIN_CANCEL_SECRET = CANCEL_SECRET_MIN
+MAX_CANCEL_SECRET = CANCEL_SECRET_MAX
 MIN_STARTUP_LENGTH = STARTUP_MIN
 MAX_STARTUP_LENGTH = STARTUP_MAX
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
@@ -48,6 +59,87 @@ cdef inline long long read_int32(const unsigned char* p) noexcept nogil:
 
 cdef str type_name(int msg_type):
     return repr(chr(msg_type)) if 32 < msg_type < 127 else f"0x{msg_type:02x}"
+
+
+cdef inline uint32_t read_uint32(const unsigned char* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | <uint32_t>p[3]
+
+
+def parse_startup(bytes payload not None):
+    """Parse an untyped startup-phase packet given WITHOUT its 4-byte length prefix.
+
+    Returns (code, None) for an SSLRequest or GSSENCRequest, (CANCEL_REQUEST_CODE, (process_id, secret)) for a
+    CancelRequest, and (protocol version, {name: value}) for a StartupMessage; raises ProtocolViolation.
+    """
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(payload)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(payload)
+    cdef uint32_t code
+    cdef unsigned int major, minor
+    if size < 4:
+        raise ProtocolViolation(f"startup packet too short: {size + 4} bytes")
+    if size + 4 > STARTUP_MAX:
+        raise ProtocolViolation(f"startup packet too long: {size + 4} bytes (limit {STARTUP_MAX})")
+    code = read_uint32(p)
+    if code == SSL_REQUEST or code == GSSENC_REQUEST:
+        if size != 4:
+            kind = "SSLRequest" if code == SSL_REQUEST else "GSSENCRequest"
+            raise ProtocolViolation(f"{kind} must be 8 bytes long, got {size + 4}")
+        return code, None
+    if code == CANCEL_REQUEST:
+        if size < 8 or not CANCEL_SECRET_MIN <= size - 8 <= CANCEL_SECRET_MAX:
+            raise ProtocolViolation(
+                f"CancelRequest has a bad length ({size + 4} bytes): "
+                f"the secret key must be {CANCEL_SECRET_MIN} to {CANCEL_SECRET_MAX} bytes"
+            )
+        return code, (read_uint32(p + 4), payload[8:])
+    major = code >> 16
+    minor = code & 0xFFFF
+    if major == 1234:
+        raise ProtocolViolation(f"unknown startup request code {major}.{minor}")
+    if major != 3:
+        raise ProtocolViolation(f"unsupported frontend protocol {major}.{minor}: the proxy supports 3.0")
+    return code, _startup_params(p, 4, size)
+
+
+cdef dict _startup_params(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end):
+    cdef dict params = {}
+    cdef const unsigned char* nul
+    cdef str key, value
+    while True:
+        if pos >= end:
+            raise ProtocolViolation("startup packet is missing the final NUL that ends the parameter list")
+        if p[pos] == 0:
+            pos += 1
+            break
+        nul = <const unsigned char*>memchr(p + pos, 0, end - pos)
+        if nul == NULL:
+            raise ProtocolViolation("startup parameter name is not NUL-terminated")
+        key = _startup_text(p + pos, nul - (p + pos), "parameter name")
+        pos = nul - p + 1
+        if pos >= end:
+            raise ProtocolViolation(f"startup parameter {key!r} has no value (odd key/value list)")
+        nul = <const unsigned char*>memchr(p + pos, 0, end - pos)
+        if nul == NULL:
+            raise ProtocolViolation(f"value of startup parameter {key!r} is not NUL-terminated")
+        value = _startup_text(p + pos, nul - (p + pos), None, key)
+        pos = nul - p + 1
+        if key in params:
+            raise ProtocolViolation(f"startup parameter {key!r} appears more than once")
+        params[key] = value
+    if pos != end:
+        raise ProtocolViolation("startup packet has bytes after the NUL that ends the parameter list")
+    if not params.get("user"):
+        raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
+    return params
+
+
+cdef str _startup_text(const unsigned char* start, Py_ssize_t length, str what, str key=None):
+    try:
+        return PyUnicode_DecodeUTF8(<const char*>start, length, NULL)
+    except UnicodeDecodeError:
+        if what is None:
+            what = f"value of parameter {key!r}"
+        raise ProtocolViolation(f"startup packet {what} is not valid UTF-8") from None
 
 
 cdef class ClientFramer:

@@ -8,25 +8,34 @@ from ..errors import ProtocolViolation
 from .classify_py import classify_pg
 
 __all__ = [
+    "CANCEL_REQUEST_CODE",
     "DEFAULT_INTERESTING",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "GSSENC_REQUEST_CODE",
+    "MAX_CANCEL_SECRET",
     "MAX_STARTUP_LENGTH",
+    "MIN_CANCEL_SECRET",
     "MIN_STARTUP_LENGTH",
     "SSL_REQUEST_CODE",
     "ClientFramer",
     "PgRequestState",
     "ServerScanner",
+    "parse_startup",
 ]
 
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
+CANCEL_REQUEST_CODE = 80877102
+# Protocol 3.0 uses a 4-byte cancel secret; 3.2 allows up to 256 bytes.
+MIN_CANCEL_SECRET = 4
+MAX_CANCEL_SECRET = 256
 MIN_STARTUP_LENGTH = 8
 MAX_STARTUP_LENGTH = 10000
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 DEFAULT_INTERESTING = b"ZESGHWK"
 
 _unpack_int32 = struct.Struct("!i").unpack_from
+_unpack_uint32 = struct.Struct("!I").unpack_from
 
 _READY_FOR_QUERY = ord("Z")
 _READY_IDLE = ord("I")
@@ -35,6 +44,77 @@ _Q, _P, _B, _D, _C, _E, _H, _S = b"QPBDCEHS"
 
 def _type_name(msg_type: int) -> str:
     return repr(chr(msg_type)) if 32 < msg_type < 127 else f"0x{msg_type:02x}"
+
+
+def parse_startup(payload: bytes) -> tuple[int, object]:
+    """Parse an untyped startup-phase packet given WITHOUT its 4-byte length prefix.
+
+    Returns (code, None) for an SSLRequest or GSSENCRequest, (CANCEL_REQUEST_CODE, (process_id, secret)) for a
+    CancelRequest, and (protocol version, {name: value}) for a StartupMessage; raises ProtocolViolation.
+    """
+    size = len(payload)
+    if size < 4:
+        raise ProtocolViolation(f"startup packet too short: {size + 4} bytes")
+    if size + 4 > MAX_STARTUP_LENGTH:
+        raise ProtocolViolation(f"startup packet too long: {size + 4} bytes (limit {MAX_STARTUP_LENGTH})")
+    (code,) = _unpack_uint32(payload)
+    if code == SSL_REQUEST_CODE or code == GSSENC_REQUEST_CODE:
+        if size != 4:
+            kind = "SSLRequest" if code == SSL_REQUEST_CODE else "GSSENCRequest"
+            raise ProtocolViolation(f"{kind} must be 8 bytes long, got {size + 4}")
+        return code, None
+    if code == CANCEL_REQUEST_CODE:
+        secret = payload[8:]
+        if size < 8 or not MIN_CANCEL_SECRET <= len(secret) <= MAX_CANCEL_SECRET:
+            raise ProtocolViolation(
+                f"CancelRequest has a bad length ({size + 4} bytes): "
+                f"the secret key must be {MIN_CANCEL_SECRET} to {MAX_CANCEL_SECRET} bytes"
+            )
+        return code, (_unpack_uint32(payload, 4)[0], bytes(secret))
+    major, minor = code >> 16, code & 0xFFFF
+    if major == 1234:
+        raise ProtocolViolation(f"unknown startup request code {major}.{minor}")
+    if major != 3:
+        raise ProtocolViolation(f"unsupported frontend protocol {major}.{minor}: the proxy supports 3.0")
+    return code, _startup_params(payload, 4)
+
+
+def _startup_params(payload: bytes, pos: int) -> dict[str, str]:
+    params: dict[str, str] = {}
+    end = len(payload)
+    while True:
+        if pos >= end:
+            raise ProtocolViolation("startup packet is missing the final NUL that ends the parameter list")
+        if payload[pos] == 0:
+            pos += 1
+            break
+        key_end = payload.find(b"\x00", pos)
+        if key_end < 0:
+            raise ProtocolViolation("startup parameter name is not NUL-terminated")
+        key = _startup_text(payload[pos:key_end], "parameter name")
+        pos = key_end + 1
+        if pos >= end:
+            raise ProtocolViolation(f"startup parameter {key!r} has no value (odd key/value list)")
+        value_end = payload.find(b"\x00", pos)
+        if value_end < 0:
+            raise ProtocolViolation(f"value of startup parameter {key!r} is not NUL-terminated")
+        value = _startup_text(payload[pos:value_end], f"value of parameter {key!r}")
+        pos = value_end + 1
+        if key in params:
+            raise ProtocolViolation(f"startup parameter {key!r} appears more than once")
+        params[key] = value
+    if pos != end:
+        raise ProtocolViolation("startup packet has bytes after the NUL that ends the parameter list")
+    if not params.get("user"):
+        raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
+    return params
+
+
+def _startup_text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolViolation(f"startup packet {what} is not valid UTF-8") from None
 
 
 class ClientFramer:

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Optional, Union
 
-from .._codec import ClientFramer, ClientLane
+from .._codec import ClientFramer, ClientLane, parse_startup
 from ..client import (
     AUTH,
     AUTH_TIMEOUT,
@@ -176,15 +176,15 @@ class PgClient(ClientConnection):
                 raise ProtocolViolation(f"unexpected message {chr(mtype)!r} during connection setup")
 
     def _startup_packet(self, payload: bytes) -> None:
-        packet = messages.parse_startup_packet(payload)
-        if isinstance(packet, (messages.SSLRequest, messages.GSSENCRequest)):
+        code, body = parse_startup(payload)
+        if code == messages.SSL_REQUEST_CODE or code == messages.GSSENC_REQUEST_CODE:
             self.transport.write(b"N")  # type: ignore[union-attr]  # TLS arrives with its own issue
             return
-        if isinstance(packet, messages.CancelRequest):
-            self.engine.cancel(packet.process_id, packet.secret)
+        if code == messages.CANCEL_REQUEST_CODE:
+            self.engine.cancel(*body)
             self.close()
             return
-        params = dict(packet.params)
+        params: dict[str, str] = body  # type: ignore[assignment]  # a new dict: ours to change
         if params.get("replication", "false").lower() not in ("false", "0", "off", "no"):
             self.fatal("0A000", "replication connections are not supported through rdsproxy")
             return
@@ -195,7 +195,7 @@ class PgClient(ClientConnection):
         self.key = (self.user, self.database)
         self.session.set_startup_params(params)
         unsupported = [k for k in params if k.startswith("_pq_.")]
-        if packet.version != messages.PROTOCOL_3_0 or unsupported:
+        if code != messages.PROTOCOL_3_0 or unsupported:
             self.transport.write(messages.negotiate_protocol_version(0, unsupported))  # type: ignore[union-attr]
         self.state = AUTH
         self._auth = self.engine.authenticator_for(self.user)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -29,6 +30,28 @@ PROBE_SQL = (
 )
 
 
+class RandomPool:
+    """Cryptographically random numbers drawn from a buffer of os.urandom output refilled in blocks.
+
+    A connection storm then costs one getrandom call per few hundred logins instead of one per login.
+    """
+
+    __slots__ = ("_block", "_offset")
+
+    BLOCK = 4096
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._offset = 0
+
+    def randbits31(self) -> int:
+        offset = self._offset
+        if offset + 4 > len(self._block):
+            self._block, offset = os.urandom(self.BLOCK), 0
+        self._offset = offset + 4
+        return int.from_bytes(self._block[offset : offset + 4], "big") & 0x7FFFFFFF
+
+
 class PgEngine(Engine):
     """Everything the PostgreSQL side of the proxy shares between its connections."""
 
@@ -43,6 +66,7 @@ class PgEngine(Engine):
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
         self._validated_settings: dict[tuple, dict[str, str]] = {}
         self._decoy = ScramVerifier.from_password(secrets.token_urlsafe(24))
+        self._cancel_secrets = RandomPool()
 
     # ------------------------------------------------------------------ credentials
     def authenticator_for(self, user: str) -> Optional[Union[ScramServer, Md5Server]]:
@@ -169,7 +193,7 @@ class PgEngine(Engine):
     def register_cancel_key(self, client: PgClient) -> tuple[int, int]:
         process_id = self._next_process_id
         self._next_process_id = process_id + 1 if process_id < 0x7FFFFFFF else 1
-        secret = secrets.randbits(31)
+        secret = self._cancel_secrets.randbits31()
         self._cancel_keys[process_id] = client
         return process_id, secret
 

@@ -7,6 +7,7 @@ import struct
 from dataclasses import dataclass
 from typing import Union
 
+from rdsproxy._codec import parse_startup
 from rdsproxy.errors import ProtocolViolation
 
 PROTOCOL_3_0 = 196608  # (3 << 16) | 0
@@ -81,75 +82,15 @@ StartupPacket = Union[StartupMessage, SSLRequest, GSSENCRequest, CancelRequest]
 
 def parse_startup_packet(payload: bytes) -> StartupPacket:
     """Parse an untyped startup-phase packet given WITHOUT its 4-byte length prefix."""
-    if len(payload) < 4:
-        raise ProtocolViolation(f"startup packet too short: {len(payload) + 4} bytes")
-    if len(payload) + 4 > MAX_STARTUP_PACKET_LENGTH:
-        raise ProtocolViolation(
-            f"startup packet too long: {len(payload) + 4} bytes (limit {MAX_STARTUP_PACKET_LENGTH})"
-        )
-    (code,) = _UINT32.unpack_from(payload)
-    if code == SSL_REQUEST_CODE or code == GSSENC_REQUEST_CODE:
-        kind = "SSLRequest" if code == SSL_REQUEST_CODE else "GSSENCRequest"
-        if len(payload) != 4:
-            raise ProtocolViolation(f"{kind} must be 8 bytes long, got {len(payload) + 4}")
-        return SSLRequest() if code == SSL_REQUEST_CODE else GSSENCRequest()
+    code, body = parse_startup(payload)
+    if code == SSL_REQUEST_CODE:
+        return SSLRequest()
+    if code == GSSENC_REQUEST_CODE:
+        return GSSENCRequest()
     if code == CANCEL_REQUEST_CODE:
-        return _parse_cancel_request(payload)
-    major, minor = code >> 16, code & 0xFFFF
-    if major == 1234:
-        raise ProtocolViolation(f"unknown startup request code {major}.{minor}")
-    if major != 3:
-        raise ProtocolViolation(f"unsupported frontend protocol {major}.{minor}: the proxy supports 3.0")
-    return StartupMessage(version=code, params=_parse_startup_params(payload, 4))
-
-
-def _parse_cancel_request(payload: bytes) -> CancelRequest:
-    secret = payload[8:]
-    if len(payload) < 8 or not _MIN_CANCEL_SECRET <= len(secret) <= _MAX_CANCEL_SECRET:
-        raise ProtocolViolation(
-            f"CancelRequest has a bad length ({len(payload) + 4} bytes): "
-            f"the secret key must be {_MIN_CANCEL_SECRET} to {_MAX_CANCEL_SECRET} bytes"
-        )
-    (process_id,) = _UINT32.unpack_from(payload, 4)
-    return CancelRequest(process_id=process_id, secret=bytes(secret))
-
-
-def _parse_startup_params(payload: bytes, pos: int) -> dict[str, str]:
-    params: dict[str, str] = {}
-    end = len(payload)
-    while True:
-        if pos >= end:
-            raise ProtocolViolation("startup packet is missing the final NUL that ends the parameter list")
-        if payload[pos] == 0:
-            pos += 1
-            break
-        key_end = payload.find(_CSTRING_TERMINATOR, pos)
-        if key_end < 0:
-            raise ProtocolViolation("startup parameter name is not NUL-terminated")
-        key = _decode_startup_text(payload[pos:key_end], "parameter name")
-        pos = key_end + 1
-        if pos >= end:
-            raise ProtocolViolation(f"startup parameter {key!r} has no value (odd key/value list)")
-        value_end = payload.find(_CSTRING_TERMINATOR, pos)
-        if value_end < 0:
-            raise ProtocolViolation(f"value of startup parameter {key!r} is not NUL-terminated")
-        value = _decode_startup_text(payload[pos:value_end], f"value of parameter {key!r}")
-        pos = value_end + 1
-        if key in params:
-            raise ProtocolViolation(f"startup parameter {key!r} appears more than once")
-        params[key] = value
-    if pos != end:
-        raise ProtocolViolation("startup packet has bytes after the NUL that ends the parameter list")
-    if not params.get("user"):
-        raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
-    return params
-
-
-def _decode_startup_text(raw: bytes, what: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolViolation(f"startup packet {what} is not valid UTF-8") from None
+        process_id, secret = body  # type: ignore[misc]
+        return CancelRequest(process_id=process_id, secret=secret)
+    return StartupMessage(version=code, params=body)  # type: ignore[arg-type]
 
 
 def parse_options(options: str) -> dict[str, str]:

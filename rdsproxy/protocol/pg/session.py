@@ -41,10 +41,19 @@ def statement_digest(sql: bytes) -> str:
 
 
 _SETTING_NAME = re.compile(r"[\w.]+")
+# Names already found valid, so a connection storm with the same startup settings skips the pattern.
+_VALID_NAMES: set[str] = set()
+_MAX_VALID_NAMES = 1024
 
 
 def valid_setting_name(name: str) -> bool:
-    return _SETTING_NAME.fullmatch(name) is not None
+    if name in _VALID_NAMES:
+        return True
+    if _SETTING_NAME.fullmatch(name) is None:
+        return False
+    if len(_VALID_NAMES) < _MAX_VALID_NAMES:
+        _VALID_NAMES.add(name)
+    return True
 
 
 class ClientBatch:
