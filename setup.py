@@ -4,7 +4,7 @@ import sys
 
 from setuptools import Extension, setup
 
-CODEC_MODULES = ["pgframe_c", "classify_c", "myframe_c", "latency_c", "lane_c"]
+CODEC_MODULES = ["pgframe_c", "classify_c", "myframe_c", "latency_c", "lane_c", "scram_c"]
 if sys.platform.startswith("linux"):
     CODEC_MODULES.append("relay_c")  # epoll: elsewhere asyncio's own transports serve the data path
 

@@ -23,11 +23,12 @@ def load_implementation(name: str) -> CodecSet:
         latency = importlib.import_module(f"rdsproxy._codec.latency{suffix}")
         relay = importlib.import_module(f"rdsproxy._codec.relay{suffix}")
         lane = importlib.import_module(f"rdsproxy._codec.lane{suffix}")
+        scram = importlib.import_module(f"rdsproxy._codec.scram{suffix}")
     except ImportError:
         if name == "compiled" and extensions_disabled():
             pytest.skip("the compiled codecs are not built and RDSPROXY_NO_EXTENSIONS is set")
         raise  # a normal build must have them: fail rather than skip
-    return CodecSet(name, pgframe, classify, myframe, latency, relay, lane)
+    return CodecSet(name, pgframe, classify, myframe, latency, relay, lane, scram)
 
 
 def pg_message(msg_type: bytes, payload: bytes = b"") -> bytes:

@@ -17,6 +17,7 @@ class CodecSet(NamedTuple):
     latency: ModuleType
     relay: ModuleType
     lane: ModuleType
+    scram: ModuleType
 
     @property
     def ClientFramer(self) -> type:
@@ -54,6 +55,14 @@ class CodecSet(NamedTuple):
     def Relay(self) -> type:
         return self.relay.Relay
 
+    @property
+    def ScramServer(self) -> type:
+        return self.scram.ScramServer
+
+    @property
+    def ScramSecret(self) -> type:
+        return self.scram.ScramSecret
+
 
 def extensions_disabled() -> bool:
     """True when RDSPROXY_NO_EXTENSIONS asks for the pure-Python twins (set, non-empty and not "0")."""
@@ -63,20 +72,20 @@ def extensions_disabled() -> bool:
 
 def _load_compiled() -> CodecSet | None:
     try:
-        from . import classify_c, lane_c, latency_c, myframe_c, pgframe_c
+        from . import classify_c, lane_c, latency_c, myframe_c, pgframe_c, scram_c
     except ImportError:
         return None
     try:
         from . import relay_c as relay
     except ImportError:  # built only on Linux (epoll); the twin stands in, and sockets.py won't use either
         from . import relay_py as relay
-    return CodecSet("compiled", pgframe_c, classify_c, myframe_c, latency_c, relay, lane_c)
+    return CodecSet("compiled", pgframe_c, classify_c, myframe_c, latency_c, relay, lane_c, scram_c)
 
 
 def _load_pure() -> CodecSet:
-    from . import classify_py, lane_py, latency_py, myframe_py, pgframe_py, relay_py
+    from . import classify_py, lane_py, latency_py, myframe_py, pgframe_py, relay_py, scram_py
 
-    return CodecSet("pure", pgframe_py, classify_py, myframe_py, latency_py, relay_py, lane_py)
+    return CodecSet("pure", pgframe_py, classify_py, myframe_py, latency_py, relay_py, lane_py, scram_py)
 
 
 IMPLEMENTATIONS: dict[str, CodecSet] = {"pure": _load_pure()}
@@ -110,6 +119,8 @@ Route = ACTIVE.lane.Route
 Waiter = ACTIVE.lane.Waiter
 EndpointCounters = ACTIVE.lane.EndpointCounters
 TargetCounters = ACTIVE.lane.TargetCounters
+ScramServer = ACTIVE.scram.ScramServer
+ScramSecret = ACTIVE.scram.ScramSecret
 
 __all__ = [
     "ACTIVE",
@@ -126,6 +137,8 @@ __all__ = [
     "PgRequestState",
     "PoolLane",
     "Route",
+    "ScramSecret",
+    "ScramServer",
     "TargetCounters",
     "Waiter",
     "ServerScanner",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional, Union
 from ..engine import Engine, MonitorOwner, ProbeResult
 from ..pool import BackendUnavailable, PoolKey
 from ..protocol.pg import messages
-from ..protocol.pg.auth import Md5Server, ScramServer, ScramVerifier
+from ..protocol.pg.auth import Md5Server, ScramSecret, ScramServer, ScramVerifier
 from ..protocol.pg.session import CANONICAL_NAMES, TRACKED_REPORTED, sql_literal, sync_sql
 from . import backend as pg_backend
 from .backend import InternalQueryError, PgBackend
@@ -63,9 +63,9 @@ class PgEngine(Engine):
         super().__init__(config, metrics)
         self._cancel_keys: dict[int, PgClient] = {}
         self._next_process_id = 1
-        self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
+        self._secrets: dict[tuple[str, str], ScramSecret] = {}
         self._validated_settings: dict[tuple, dict[str, str]] = {}
-        self._decoy = ScramVerifier.from_password(secrets.token_urlsafe(24))
+        self._decoy = ScramSecret.from_verifier(ScramVerifier.from_password(secrets.token_urlsafe(24)))
         self._cancel_secrets = RandomPool()
 
     # ------------------------------------------------------------------ credentials
@@ -78,13 +78,13 @@ class PgEngine(Engine):
             return None
         if auth.client_password_auth_type == "POSTGRES_MD5":
             return Md5Server(user, password)
-        verifier = self._verifiers.get((user, password))
-        if verifier is None:
+        secret = self._secrets.get((user, password))
+        if secret is None:
             # PBKDF2 once per password, not per connection: a connection storm must stay cheap
-            verifier = ScramVerifier.from_password(password)
-            self._verifiers = {k: v for k, v in self._verifiers.items() if k[0] != user}
-            self._verifiers[(user, password)] = verifier
-        return ScramServer(verifier)
+            secret = ScramSecret.from_verifier(ScramVerifier.from_password(password))
+            self._secrets = {k: v for k, v in self._secrets.items() if k[0] != user}
+            self._secrets[(user, password)] = secret
+        return ScramServer(secret)
 
     def decoy_authenticator(self, user: str) -> Union[ScramServer, Md5Server]:
         """For an unknown user: the method known users get, so the exchange does not reveal who exists."""

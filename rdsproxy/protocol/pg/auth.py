@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
 import hmac
-import re
 import secrets
 import stringprep
 import unicodedata
 from dataclasses import dataclass, field
 
+# The server side of SCRAM is a codec (compiled when built): auth.ScramServer is the active twin's. The SCRAM text
+# helpers live in its pure twin, shared with the client side below.
+from rdsproxy._codec import ScramSecret as ScramSecret
+from rdsproxy._codec import ScramServer as ScramServer
+from rdsproxy._codec.scram_py import (
+    _b64decode,
+    _b64encode,
+    _decode_scram_text,
+    _is_printable_nonce,
+    _new_nonce,
+    _scram_attributes,
+)
 from rdsproxy.errors import AuthenticationFailed, ProtocolViolation
 from rdsproxy.protocol.pg.messages import (
     AUTH_CLEARTEXT_PASSWORD,
@@ -27,15 +36,11 @@ from rdsproxy.protocol.pg.messages import (
     AUTH_SCM_CREDENTIAL,
     AUTH_SSPI,
     authentication_md5_password,
-    authentication_sasl,
-    authentication_sasl_continue,
-    authentication_sasl_final,
     cleartext_password_message,
     md5_password_message,
     md5_password_response,
     parse_authentication,
     parse_password,
-    parse_sasl_initial_response,
     parse_sasl_mechanisms,
     sasl_initial_response,
     sasl_response,
@@ -45,8 +50,7 @@ SCRAM_SHA_256 = "SCRAM-SHA-256"
 SCRAM_SHA_256_PLUS = "SCRAM-SHA-256-PLUS"
 DEFAULT_SCRAM_ITERATIONS = 4096
 
-# Same sizes as PostgreSQL (SCRAM_RAW_NONCE_LEN, SCRAM_DEFAULT_SALT_LEN).
-_RAW_NONCE_BYTES = 18
+# Same size as PostgreSQL (SCRAM_DEFAULT_SALT_LEN).
 _SALT_BYTES = 16
 _KEY_BYTES = 32
 _MAX_ITERATIONS = 2**31 - 1
@@ -130,50 +134,8 @@ _cached_derive_keys = functools.lru_cache(maxsize=256)(_derive_keys)
 def _xor(left: bytes, right: bytes) -> bytes:
     if len(left) != len(right):  # a malformed proof: zip's truncation makes it fail verification, not raise
         return bytes(a ^ b for a, b in zip(left, right))
-    # as integers: one operation instead of a Python step per byte (this runs for every client login)
+    # as integers: one operation instead of a Python step per byte (this runs for every backend login)
     return (int.from_bytes(left, "big") ^ int.from_bytes(right, "big")).to_bytes(len(left), "big")
-
-
-def _b64encode(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _b64decode(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise ProtocolViolation(f"malformed SCRAM message: {what} is not valid base64") from None
-
-
-def _new_nonce() -> str:
-    return _b64encode(secrets.token_bytes(_RAW_NONCE_BYTES))
-
-
-# RFC 5802 "printable": %x21-2B / %x2D-7E (visible ASCII except the comma).
-_PRINTABLE_NONCE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
-
-
-def _is_printable_nonce(nonce: str) -> bool:
-    return _PRINTABLE_NONCE.fullmatch(nonce) is not None
-
-
-def _decode_scram_text(data: bytes, what: str) -> str:
-    if b"\x00" in data:
-        raise ProtocolViolation(f"malformed SCRAM {what}: contains a NUL byte")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolViolation(f"malformed SCRAM {what}: not valid UTF-8") from None
-
-
-def _scram_attributes(text: str, what: str) -> list[tuple[str, str]]:
-    """Split "a=value,b=value" into pairs; SCRAM values never contain a comma."""
-    attributes = []
-    for part in text.split(","):
-        if len(part) < 2 or part[1] != "=" or not ("a" <= part[0].lower() <= "z"):
-            raise ProtocolViolation(f"malformed SCRAM {what}: expected attribute=value")
-        attributes.append((part[0], part[2:]))
-    return attributes
 
 
 def _escape_saslname(name: str) -> str:
@@ -207,98 +169,6 @@ class ScramVerifier:
             stored_key=hashlib.sha256(client_key).digest(),
             server_key=server_key,
         )
-
-
-class ScramServer:
-    """Verifies a client's SCRAM-SHA-256 login (no channel binding) against a ScramVerifier.
-
-    Usage: send start(); feed each 'p' message body from the client to handle() and send what it
-    returns; once ``done`` is True, follow with AuthenticationOk. A wrong password raises
-    AuthenticationFailed, a malformed exchange raises ProtocolViolation.
-    """
-
-    def __init__(self, verifier: ScramVerifier, *, _server_nonce: str | None = None) -> None:
-        self._verifier = verifier
-        self._server_nonce = _server_nonce if _server_nonce is not None else _new_nonce()
-        self._expecting = "client-first"
-        self._gs2_header = ""
-        self._client_first_bare = ""
-        self._server_first = ""
-        self._combined_nonce = ""
-        self.done = False
-
-    def start(self) -> bytes:
-        return authentication_sasl([SCRAM_SHA_256])
-
-    def handle(self, body: bytes) -> bytes:
-        expecting, self._expecting = self._expecting, "nothing"  # any exception ends the exchange
-        if expecting == "client-first":
-            reply = self._handle_client_first(body)
-            self._expecting = "client-final"
-            return reply
-        if expecting == "client-final":
-            reply = self._handle_client_final(body)
-            self.done = True
-            return reply
-        raise ProtocolViolation("unexpected SASL message: the SCRAM exchange is over")
-
-    def _handle_client_first(self, body: bytes) -> bytes:
-        mechanism, data = parse_sasl_initial_response(body)
-        if mechanism != SCRAM_SHA_256:
-            raise ProtocolViolation(f"client selected an invalid SASL authentication mechanism {mechanism!r}")
-        if not data:
-            raise ProtocolViolation("malformed SCRAM client-first-message: empty")
-        text = _decode_scram_text(data, "client-first-message")
-        if text.startswith("p="):
-            raise ProtocolViolation("client requested SCRAM channel binding, but the proxy offers only SCRAM-SHA-256")
-        # 'y' means the client could bind but believes we cannot: true, since we offer no -PLUS.
-        if not (text.startswith("n,") or text.startswith("y,")):
-            raise ProtocolViolation("malformed SCRAM client-first-message: bad channel-binding flag")
-        if text[2:].startswith("a="):
-            raise ProtocolViolation("client uses a SCRAM authorization identity, which is not supported")
-        if text[2:3] != ",":
-            raise ProtocolViolation("malformed SCRAM client-first-message: bad GS2 header")
-        self._gs2_header = text[:3]
-        self._client_first_bare = text[3:]
-        attributes = _scram_attributes(self._client_first_bare, "client-first-message")
-        if attributes[0][0] == "m":
-            raise ProtocolViolation("client requires an unsupported SCRAM extension")
-        # The user name ("n=") is ignored, as in PostgreSQL: the startup packet names the user.
-        if len(attributes) < 2 or attributes[0][0] != "n" or attributes[1][0] != "r":
-            raise ProtocolViolation("malformed SCRAM client-first-message: expected n= and r=")
-        client_nonce = attributes[1][1]
-        if not _is_printable_nonce(client_nonce):
-            raise ProtocolViolation("malformed SCRAM client-first-message: bad nonce")
-        self._combined_nonce = client_nonce + self._server_nonce
-        verifier = self._verifier
-        self._server_first = f"r={self._combined_nonce},s={_b64encode(verifier.salt)},i={verifier.iterations}"
-        return authentication_sasl_continue(self._server_first.encode("ascii"))
-
-    def _handle_client_final(self, body: bytes) -> bytes:
-        text = _decode_scram_text(body, "client-final-message")
-        proof_start = text.rfind(",p=")
-        if proof_start < 0:
-            raise ProtocolViolation("malformed SCRAM client-final-message: no proof")
-        without_proof = text[:proof_start]
-        attributes = _scram_attributes(without_proof, "client-final-message")
-        if len(attributes) < 2 or attributes[0][0] != "c" or attributes[1][0] != "r":
-            raise ProtocolViolation("malformed SCRAM client-final-message: expected c= and r=")
-        channel_binding = _b64decode(attributes[0][1], "channel-binding attribute")
-        if channel_binding != self._gs2_header.encode("ascii"):
-            raise ProtocolViolation("unexpected SCRAM channel-binding attribute in client-final-message")
-        if attributes[1][1] != self._combined_nonce:
-            raise ProtocolViolation("invalid SCRAM response: nonce does not match")
-        proof = _b64decode(text[proof_start + 3 :], "client proof")
-        if len(proof) != _KEY_BYTES:
-            raise ProtocolViolation("malformed SCRAM client-final-message: proof has the wrong length")
-
-        auth_message = f"{self._client_first_bare},{self._server_first},{without_proof}".encode()
-        verifier = self._verifier
-        client_key = _xor(proof, _hmac_sha256(verifier.stored_key, auth_message))
-        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), verifier.stored_key):
-            raise AuthenticationFailed("SCRAM authentication failed: wrong password")
-        server_signature = _hmac_sha256(verifier.server_key, auth_message)
-        return authentication_sasl_final(f"v={_b64encode(server_signature)}".encode("ascii"))
 
 
 class Md5Server:
