@@ -216,11 +216,10 @@ cdef class Relay:
             raise _os_error(errno)
         return 0
 
-    cdef void _forget(self, int fd, unsigned int events):
-        cdef epoll_event event
+    cdef void _forget(self, int fd):
+        # No EPOLL_CTL_DEL: the caller closes fd next, its only descriptor, which takes it out of the epoll set
+        # (one syscall less per connection).
         del self._transports[fd]
-        if events and self._epfd >= 0:
-            epoll_ctl(self._epfd, EPOLL_CTL_DEL, fd, &event)
 
     def _ready(self):
         cdef int count, i
@@ -524,7 +523,7 @@ cdef class RelayTransport(Port):
             return 0
         self._fd = -1
         self._reading = False
-        self._relay._forget(fd, self._events)
+        self._relay._forget(fd)
         self._events = 0
         c_close(fd)
         if not self._lost:
