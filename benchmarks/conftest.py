@@ -90,6 +90,8 @@ def _throughput(entry: dict[str, Any]) -> Optional[str]:
         return f"{info['statements'] / median:,.0f} statements/s"
     if "observations" in info:
         return f"{info['observations'] / median:,.0f} observations/s"
+    if "logins" in info:
+        return f"{info['logins'] / median:,.0f} logins/s ({median / info['logins'] * 1e6:.2f} us each)"
     if "transactions" in info:
         each_us = median / info["transactions"] * 1e6
         return f"{info['transactions'] / median:,.0f} transactions/s ({each_us:.2f} us each)"

@@ -6,6 +6,9 @@ turns the medians into MB/s or statements/s and the compiled/pure speed-up.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import random
 import struct
 from collections import deque
@@ -239,3 +242,46 @@ def test_latency_observe(benchmark, impl):
     assert (latency.count, latency.sum_us, latency.buckets) == (expected.count, expected.sum_us, expected.buckets)
     assert sum(1 for count in latency.buckets if count) >= len(latency.buckets) - 3
     benchmark.extra_info["observations"] = len(values)
+
+
+SCRAM_LOGINS = 200
+
+
+def _scram_logins(count: int) -> tuple[list[tuple[bytes, bytes]], bytes, bytes, int]:
+    """`count` pairs of client-first and client-final bodies (a fixed server nonce per pair), and the user's secret."""
+    salt, iterations = b"0123456789abcdef", 4096
+    salted = hashlib.pbkdf2_hmac("sha256", b"app-secret", salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    logins = []
+    for index in range(count):
+        bare = f"n=,r=client{index:018d}"
+        nonce = f"client{index:018d}server{index:018d}"
+        first = b"SCRAM-SHA-256\0" + struct.pack("!i", len(bare) + 3) + b"n,," + bare.encode()
+        server_first = f"r={nonce},s={base64.b64encode(salt).decode()},i={iterations}"
+        without_proof = f"c=biws,r={nonce}"
+        signature = hmac.digest(stored_key, f"{bare},{server_first},{without_proof}".encode(), "sha256")
+        proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        logins.append((first, f"{without_proof},p={base64.b64encode(proof).decode()}".encode()))
+    return logins, salt, stored_key + server_key, iterations
+
+
+@pytest.mark.benchmark(group="codec: SCRAM-SHA-256 server exchange, cached secret (logins/s)")
+def test_scram_server_exchange(benchmark, impl):
+    logins, salt, keys, iterations = _scram_logins(SCRAM_LOGINS)
+    secret = impl.ScramSecret(salt, iterations, keys[:32], keys[32:])
+    nonces = [f"server{index:018d}" for index in range(SCRAM_LOGINS)]
+    server_class = impl.ScramServer
+
+    def run() -> int:
+        done = 0
+        for (first, final), nonce in zip(logins, nonces):
+            server = server_class(secret, _server_nonce=nonce)
+            server.handle(first)
+            server.handle(final)
+            done += server.done
+        return done
+
+    assert benchmark(run) == SCRAM_LOGINS  # every proof verified: both twins do the whole exchange
+    benchmark.extra_info["logins"] = SCRAM_LOGINS

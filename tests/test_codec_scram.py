@@ -358,7 +358,7 @@ def test_the_nonce_is_drawn_at_the_client_first_message(impl, monkeypatch):
             draws.append(18)
             return base64.b64encode(bytes(range(18))).decode()
 
-        monkeypatch.setattr(impl.scram, "_new_nonce", new_nonce)
+        monkeypatch.setattr(impl.scram, "new_nonce", new_nonce)
         expected = [18]
     try:
         server = impl.scram.ScramServer(RFC_VERIFIER)

@@ -57,7 +57,7 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
 # --------------------------------------------------------------------------- SCRAM text (shared with auth.py)
 
 
-def _b64encode(data: bytes) -> str:
+def b64encode(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
@@ -67,7 +67,7 @@ def _b64encode(data: bytes) -> str:
 _BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
-def _b64decode(text: str, what: str) -> bytes:
+def b64decode(text: str, what: str) -> bytes:
     try:
         data = text.encode("ascii")
     except UnicodeEncodeError:
@@ -77,19 +77,19 @@ def _b64decode(text: str, what: str) -> bytes:
     return binascii.a2b_base64(data)
 
 
-def _new_nonce() -> str:
-    return _b64encode(secrets.token_bytes(_RAW_NONCE_BYTES))
+def new_nonce() -> str:
+    return b64encode(secrets.token_bytes(_RAW_NONCE_BYTES))
 
 
 # RFC 5802 "printable": %x21-2B / %x2D-7E (visible ASCII except the comma).
 _PRINTABLE_NONCE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 
 
-def _is_printable_nonce(nonce: str) -> bool:
+def is_printable_nonce(nonce: str) -> bool:
     return _PRINTABLE_NONCE.fullmatch(nonce) is not None
 
 
-def _decode_scram_text(data: bytes, what: str) -> str:
+def decode_scram_text(data: bytes, what: str) -> str:
     if b"\x00" in data:
         raise ProtocolViolation(f"malformed SCRAM {what}: contains a NUL byte")
     try:
@@ -98,7 +98,7 @@ def _decode_scram_text(data: bytes, what: str) -> str:
         raise ProtocolViolation(f"malformed SCRAM {what}: not valid UTF-8") from None
 
 
-def _scram_attributes(text: str, what: str) -> list[tuple[str, str]]:
+def scram_attributes(text: str, what: str) -> list[tuple[str, str]]:
     """Split "a=value,b=value" into pairs; SCRAM values never contain a comma."""
     attributes = []
     for part in text.split(","):
@@ -163,7 +163,7 @@ class ScramSecret:
         self._iterations = iterations
         self._stored_key = _key(stored_key, "stored_key")
         self._server_key = _key(server_key, "server_key")
-        self._salt_and_iterations = f"s={_b64encode(salt)},i={iterations}"
+        self._salt_and_iterations = f"s={b64encode(salt)},i={iterations}"
 
     @classmethod
     def from_verifier(cls, verifier: Any) -> ScramSecret:
@@ -247,7 +247,7 @@ class ScramServer:
             raise ProtocolViolation(f"client selected an invalid SASL authentication mechanism {mechanism!r}")
         if not data:
             raise ProtocolViolation("malformed SCRAM client-first-message: empty")
-        text = _decode_scram_text(data, "client-first-message")
+        text = decode_scram_text(data, "client-first-message")
         if text.startswith("p="):
             raise ProtocolViolation("client requested SCRAM channel binding, but the proxy offers only SCRAM-SHA-256")
         # 'y' means the client could bind but believes we cannot: true, since we offer no -PLUS.
@@ -259,35 +259,35 @@ class ScramServer:
             raise ProtocolViolation("malformed SCRAM client-first-message: bad GS2 header")
         self._gs2_header = text[:3]
         self._client_first_bare = text[3:]
-        attributes = _scram_attributes(self._client_first_bare, "client-first-message")
+        attributes = scram_attributes(self._client_first_bare, "client-first-message")
         if attributes[0][0] == "m":
             raise ProtocolViolation("client requires an unsupported SCRAM extension")
         # The user name ("n=") is ignored, as in PostgreSQL: the startup packet names the user.
         if len(attributes) < 2 or attributes[0][0] != "n" or attributes[1][0] != "r":
             raise ProtocolViolation("malformed SCRAM client-first-message: expected n= and r=")
         client_nonce = attributes[1][1]
-        if not _is_printable_nonce(client_nonce):
+        if not is_printable_nonce(client_nonce):
             raise ProtocolViolation("malformed SCRAM client-first-message: bad nonce")
-        server_nonce = self._server_nonce if self._server_nonce is not None else _new_nonce()
+        server_nonce = self._server_nonce if self._server_nonce is not None else new_nonce()
         self._combined_nonce = client_nonce + server_nonce
         self._server_first = f"r={self._combined_nonce},{self._secret._salt_and_iterations}"
         return _authentication(_AUTH_SASL_CONTINUE, self._server_first.encode("ascii"))
 
     def _handle_client_final(self, body: bytes) -> bytes:
-        text = _decode_scram_text(body, "client-final-message")
+        text = decode_scram_text(body, "client-final-message")
         proof_start = text.rfind(",p=")
         if proof_start < 0:
             raise ProtocolViolation("malformed SCRAM client-final-message: no proof")
         without_proof = text[:proof_start]
-        attributes = _scram_attributes(without_proof, "client-final-message")
+        attributes = scram_attributes(without_proof, "client-final-message")
         if len(attributes) < 2 or attributes[0][0] != "c" or attributes[1][0] != "r":
             raise ProtocolViolation("malformed SCRAM client-final-message: expected c= and r=")
-        channel_binding = _b64decode(attributes[0][1], "channel-binding attribute")
+        channel_binding = b64decode(attributes[0][1], "channel-binding attribute")
         if channel_binding != self._gs2_header.encode("ascii"):
             raise ProtocolViolation("unexpected SCRAM channel-binding attribute in client-final-message")
         if attributes[1][1] != self._combined_nonce:
             raise ProtocolViolation("invalid SCRAM response: nonce does not match")
-        proof = _b64decode(text[proof_start + 3 :], "client proof")
+        proof = b64decode(text[proof_start + 3 :], "client proof")
         if len(proof) != _KEY_BYTES:
             raise ProtocolViolation("malformed SCRAM client-final-message: proof has the wrong length")
 
@@ -299,4 +299,4 @@ class ScramServer:
         if not hmac.compare_digest(sha256(client_key), secret.stored_key):
             raise AuthenticationFailed("SCRAM authentication failed: wrong password")
         server_signature = hmac_sha256(secret.server_key, auth_message)
-        return _authentication(_AUTH_SASL_FINAL, f"v={_b64encode(server_signature)}".encode("ascii"))
+        return _authentication(_AUTH_SASL_FINAL, f"v={b64encode(server_signature)}".encode("ascii"))

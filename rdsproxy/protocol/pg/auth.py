@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from rdsproxy._codec import ScramSecret as ScramSecret
 from rdsproxy._codec import ScramServer as ScramServer
 from rdsproxy._codec.scram_py import (
-    _b64decode,
-    _b64encode,
-    _decode_scram_text,
-    _is_printable_nonce,
-    _new_nonce,
-    _scram_attributes,
+    b64decode,
+    b64encode,
+    decode_scram_text,
+    is_printable_nonce,
+    new_nonce,
+    scram_attributes,
 )
 from rdsproxy.errors import AuthenticationFailed, ProtocolViolation
 from rdsproxy.protocol.pg.messages import (
@@ -202,7 +202,7 @@ class BackendAuthenticator:
     def __init__(self, username: str, password: str | None, *, _client_nonce: str | None = None) -> None:
         self._username = username
         self._password = password
-        self._client_nonce = _client_nonce if _client_nonce is not None else _new_nonce()
+        self._client_nonce = _client_nonce if _client_nonce is not None else new_nonce()
         self._scram_step = "not-started"
         self._client_first_bare = ""
         self._expected_server_signature = b""
@@ -268,20 +268,20 @@ class BackendAuthenticator:
         if self._scram_step != "sent-client-first":
             raise ProtocolViolation("unexpected AuthenticationSASLContinue")
         self._scram_step = "failed"
-        server_first = _decode_scram_text(data, "server-first-message")
-        attributes = _scram_attributes(server_first, "server-first-message")
+        server_first = decode_scram_text(data, "server-first-message")
+        attributes = scram_attributes(server_first, "server-first-message")
         if attributes[0][0] == "m":
             raise AuthenticationFailed("backend requires an unsupported SCRAM extension")
         if len(attributes) < 3 or [name for name, _ in attributes[:3]] != ["r", "s", "i"]:
             raise ProtocolViolation("malformed SCRAM server-first-message: expected r=, s= and i=")
         nonce, salt_text, iterations_text = (value for _, value in attributes[:3])
         if (
-            not _is_printable_nonce(nonce)
+            not is_printable_nonce(nonce)
             or not nonce.startswith(self._client_nonce)
             or len(nonce) <= len(self._client_nonce)
         ):
             raise ProtocolViolation("invalid SCRAM response from backend: nonce mismatch")
-        salt = _b64decode(salt_text, "salt")
+        salt = b64decode(salt_text, "salt")
         if not salt:
             raise ProtocolViolation("malformed SCRAM server-first-message: empty salt")
         # PostgreSQL keeps the count in a C int; the length check also keeps int() from refusing huge strings.
@@ -295,24 +295,24 @@ class BackendAuthenticator:
         assert self._password is not None  # checked when the exchange started
         client_key, server_key = _cached_derive_keys(saslprep_password(self._password), salt, int(iterations_text))
         stored_key = hashlib.sha256(client_key).digest()
-        without_proof = f"c={_b64encode(_CLIENT_GS2_HEADER.encode('ascii'))},r={nonce}"
+        without_proof = f"c={b64encode(_CLIENT_GS2_HEADER.encode('ascii'))},r={nonce}"
         auth_message = f"{self._client_first_bare},{server_first},{without_proof}".encode()
         proof = _xor(client_key, _hmac_sha256(stored_key, auth_message))
         self._expected_server_signature = _hmac_sha256(server_key, auth_message)
         self._scram_step = "sent-client-final"
-        return sasl_response(f"{without_proof},p={_b64encode(proof)}".encode("ascii"))
+        return sasl_response(f"{without_proof},p={b64encode(proof)}".encode("ascii"))
 
     def _verify_server_final(self, data: bytes) -> None:
         if self._scram_step != "sent-client-final":
             raise ProtocolViolation("unexpected AuthenticationSASLFinal")
         self._scram_step = "failed"
-        server_final = _decode_scram_text(data, "server-final-message")
-        attributes = _scram_attributes(server_final, "server-final-message")
+        server_final = decode_scram_text(data, "server-final-message")
+        attributes = scram_attributes(server_final, "server-final-message")
         if attributes[0][0] == "e":
             raise AuthenticationFailed(f"backend rejected SCRAM authentication: {attributes[0][1]}")
         if attributes[0][0] != "v":
             raise ProtocolViolation("malformed SCRAM server-final-message: expected v=")
-        server_signature = _b64decode(attributes[0][1], "server signature")
+        server_signature = b64decode(attributes[0][1], "server signature")
         if not hmac.compare_digest(server_signature, self._expected_server_signature):
             raise AuthenticationFailed("SCRAM server signature mismatch")
         self._scram_step = "verified"
