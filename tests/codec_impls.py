@@ -1,7 +1,9 @@
-"""Loads each codec implementation for the codec tests and builds PostgreSQL and MySQL wire messages for them."""
+"""Loads each codec implementation for the codec tests, builds PostgreSQL and MySQL wire messages for them, and holds
+the RFC 7677 SCRAM-SHA-256 vector."""
 
 from __future__ import annotations
 
+import base64
 import importlib
 import struct
 
@@ -11,6 +13,18 @@ from rdsproxy._codec import CodecSet, extensions_disabled
 
 IMPLEMENTATION_NAMES = ("compiled", "pure")
 _MODULE_SUFFIXES = {"compiled": "_c", "pure": "_py"}
+
+
+# RFC 7677 section 3: SCRAM-SHA-256 exchange for user "user", password "pencil".
+RFC_CLIENT_NONCE = "rOprNGfwEbeRWgbNEkqO"
+RFC_SERVER_NONCE = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+RFC_SALT = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+RFC_CLIENT_FIRST = b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+RFC_SERVER_FIRST = b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+RFC_CLIENT_FINAL = (
+    b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+)
+RFC_SERVER_FINAL = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 
 
 def load_implementation(name: str) -> CodecSet:

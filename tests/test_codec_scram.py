@@ -13,7 +13,17 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from codec_impls import IMPLEMENTATION_NAMES, load_implementation
+from codec_impls import (
+    IMPLEMENTATION_NAMES,
+    RFC_CLIENT_FINAL,
+    RFC_CLIENT_FIRST,
+    RFC_CLIENT_NONCE,
+    RFC_SALT,
+    RFC_SERVER_FINAL,
+    RFC_SERVER_FIRST,
+    RFC_SERVER_NONCE,
+    load_implementation,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,16 +32,6 @@ from rdsproxy.errors import AuthenticationFailed, ProtocolViolation
 from rdsproxy.protocol.pg import auth
 from rdsproxy.protocol.pg import messages as m
 
-# RFC 7677 section 3: SCRAM-SHA-256 exchange for user "user", password "pencil".
-RFC_CLIENT_NONCE = "rOprNGfwEbeRWgbNEkqO"
-RFC_SERVER_NONCE = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
-RFC_SALT = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
-RFC_CLIENT_FIRST = b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
-RFC_SERVER_FIRST = b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
-RFC_CLIENT_FINAL = (
-    b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
-)
-RFC_SERVER_FINAL = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 RFC_NONCE = (RFC_CLIENT_NONCE + RFC_SERVER_NONCE).encode()
 RFC_PROOF = RFC_CLIENT_FINAL.split(b",p=")[1]
 RFC_VERIFIER = auth.ScramVerifier.from_password("pencil", salt=RFC_SALT, iterations=4096)

@@ -8,6 +8,15 @@ import hmac
 import struct
 
 import pytest
+from codec_impls import (
+    RFC_CLIENT_FINAL,
+    RFC_CLIENT_FIRST,
+    RFC_CLIENT_NONCE,
+    RFC_SALT,
+    RFC_SERVER_FINAL,
+    RFC_SERVER_FIRST,
+    RFC_SERVER_NONCE,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,17 +29,6 @@ from rdsproxy.protocol.pg.auth import (
     ScramVerifier,
     saslprep_password,
 )
-
-# RFC 7677 section 3: SCRAM-SHA-256 exchange for user "user", password "pencil".
-RFC_CLIENT_NONCE = "rOprNGfwEbeRWgbNEkqO"
-RFC_SERVER_NONCE = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
-RFC_SALT = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
-RFC_CLIENT_FIRST = b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
-RFC_SERVER_FIRST = b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
-RFC_CLIENT_FINAL = (
-    b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
-)
-RFC_SERVER_FINAL = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 
 
 def split_message(message: bytes) -> tuple[bytes, bytes]:
