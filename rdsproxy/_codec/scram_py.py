@@ -108,8 +108,8 @@ def scram_attributes(text: str, what: str) -> list[tuple[str, str]]:
     return attributes
 
 
-def _parse_sasl_initial_response(body: bytes) -> tuple[str, Optional[bytes]]:
-    """(mechanism, data or None for length -1) of a SASLInitialResponse ('p') body, as messages parses it."""
+def parse_sasl_initial_response(body: bytes) -> tuple[str, Optional[bytes]]:
+    """(mechanism, data or None for length -1) of a SASLInitialResponse ('p') body (messages' parser too)."""
     end = body.find(b"\x00")
     if end < 0:
         raise ProtocolViolation("SASL mechanism name is not NUL-terminated")
@@ -242,7 +242,7 @@ class ScramServer:
         raise ProtocolViolation("unexpected SASL message: the SCRAM exchange is over")
 
     def _handle_client_first(self, body: bytes) -> bytes:
-        mechanism, data = _parse_sasl_initial_response(body)
+        mechanism, data = parse_sasl_initial_response(body)
         if mechanism != SCRAM_SHA_256:
             raise ProtocolViolation(f"client selected an invalid SASL authentication mechanism {mechanism!r}")
         if not data:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from rdsproxy._codec import parse_startup
+from rdsproxy._codec.scram_py import parse_sasl_initial_response as parse_sasl_initial_response
 from rdsproxy.errors import ProtocolViolation
 
 PROTOCOL_3_0 = 196608  # (3 << 16) | 0
@@ -457,25 +458,6 @@ def parse_sasl_mechanisms(rest: bytes) -> list[str]:
         mechanisms.append(name.decode("utf-8", "replace"))
     _expect_end(rest, pos, "AuthenticationSASL")
     return mechanisms
-
-
-def parse_sasl_initial_response(body: bytes) -> tuple[str, bytes | None]:
-    """(mechanism, data or None for length -1) of a SASLInitialResponse ('p') body."""
-    raw_mechanism, pos = _read_cstring(body, 0, "SASL mechanism name")
-    try:
-        mechanism = raw_mechanism.decode("ascii")
-    except UnicodeDecodeError:
-        raise ProtocolViolation("SASL mechanism name is not ASCII") from None
-    if len(body) - pos < 4:
-        raise ProtocolViolation("SASLInitialResponse is missing its data length")
-    (length,) = _INT32.unpack_from(body, pos)
-    pos += 4
-    if length == -1:
-        _expect_end(body, pos, "SASLInitialResponse")
-        return mechanism, None
-    if length < 0 or len(body) - pos != length:
-        raise ProtocolViolation(f"SASLInitialResponse declares {length} data bytes but carries {len(body) - pos}")
-    return mechanism, bytes(body[pos:])
 
 
 def parse_password(body: bytes) -> bytes:
