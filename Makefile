@@ -48,6 +48,7 @@ wheel: system-deps
 
 # Benchmarks (not part of `make test`): pytest-benchmark tables, then the throughput runner in quick mode.
 # Full throughput run: $(PY) -m benchmarks.throughput --json bench.json ; idle clients: $(PY) -m benchmarks.idle_clients
+# Instructions per login and per transaction (callgrind, deterministic): $(PY) -m benchmarks.work_per_unit
 .PHONY: bench
 bench: $(STAMP)
 	$(VENV)/bin/pytest benchmarks -p no:cacheprovider --benchmark-warmup=on --benchmark-group-by=group \

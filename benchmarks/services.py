@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from rdsproxy.targets import connection_budget
@@ -169,8 +170,11 @@ class PgBouncer:
     Runs in the foreground under the `postgres` OS user when we are root (pgbouncer refuses root).
     """
 
-    def __init__(self, server: PostgresServer, *, pool_size: int, max_client_conn: int = 1000) -> None:
+    def __init__(
+        self, server: PostgresServer, *, pool_size: int, max_client_conn: int = 1000, command_prefix: Sequence[str] = ()
+    ) -> None:
         self.server = server
+        self.command_prefix = list(command_prefix)  # e.g. valgrind's argv, to run PgBouncer under a tool
         self.pool_size = pool_size
         self.max_client_conn = max_client_conn
         self.host = LOOPBACK
@@ -236,7 +240,7 @@ class PgBouncer:
                 if self.os_user:
                     user_arguments = {"user": self.os_user, "group": self.os_user, "extra_groups": []}
                 self._process = subprocess.Popen(
-                    ["pgbouncer", config],
+                    [*self.command_prefix, "pgbouncer", config],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
@@ -282,8 +286,10 @@ class RdsProxyProcess:
         pool_size: int,
         log_level: str = "WARNING",
         extra_env: Optional[dict[str, str]] = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         self.server = server
+        self.command_prefix = list(command_prefix)  # e.g. valgrind's argv, to run the proxy under a tool
         self.pool_size = pool_size
         self.log_level = log_level
         self.extra_env = dict(extra_env or {})
@@ -343,7 +349,16 @@ class RdsProxyProcess:
             self._write_config()
             with open(self.log_path, "ab") as log:
                 self._process = subprocess.Popen(
-                    [sys.executable, "-m", "rdsproxy", "--config", self.config_path, "--log-level", self.log_level],
+                    [
+                        *self.command_prefix,
+                        sys.executable,
+                        "-m",
+                        "rdsproxy",
+                        "--config",
+                        self.config_path,
+                        "--log-level",
+                        self.log_level,
+                    ],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
