@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from typing import Optional
 
 from benchmarks.services import PgBouncer, RdsProxyProcess, client_environment
+from benchmarks.throughput import _run_tool, parse_pgbench
 from rdsproxy.testing import PostgresServer, start_postgres
 
 POOL_SIZE = 20
@@ -48,16 +49,12 @@ def _control(command: str, pid: int, os_user: Optional[str]) -> None:
 
 
 def _pgbench(server: PostgresServer, port: int, arguments: list[str]) -> None:
-    argv = ["pgbench", "-n", "-S", *arguments, "-h", "127.0.0.1", "-p", str(port), "-U", server.app_user]
-    result = subprocess.run(
-        [*argv, server.app_database],
-        env=client_environment(PGPASSWORD=server.app_password),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    if result.returncode != 0 or "number of failed transactions: 0" not in result.stdout:
-        raise RuntimeError(f"pgbench {' '.join(arguments)} failed: {result.stdout[-800:]} {result.stderr[-800:]}")
+    """Run pgbench against `port` (pgbench -i when arguments start with it); raise unless every transaction ran."""
+    argv = ["pgbench", *arguments, "-h", server.host, "-p", str(port), "-U", server.app_user, server.app_database]
+    code, output = _run_tool(argv, client_environment(PGPASSWORD=server.app_password), timeout=1200)
+    failure = (f"exit status {code}" if code else None) if arguments[0] == "-i" else parse_pgbench(code, output).failure
+    if failure:
+        raise RuntimeError(f"pgbench {' '.join(arguments)} failed ({failure}): {output[-800:]}")
 
 
 def _instructions(directory: str, pid: int) -> int:
@@ -72,19 +69,6 @@ def _instructions(directory: str, pid: int) -> int:
     raise RuntimeError(f"no summary line in {dumps[-1]}")
 
 
-def _pgbench_init(server: PostgresServer) -> None:
-    argv = ["pgbench", "-i", "-s", "1", "-q", "-h", server.host, "-p", str(server.port), "-U", server.app_user]
-    result = subprocess.run(
-        [*argv, server.app_database],
-        env=client_environment(PGPASSWORD=server.app_password),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"pgbench -i failed: {result.stderr[-800:]}")
-
-
 def measure(server: PostgresServer, port: int, pid: int, directory: str, os_user: Optional[str]) -> dict[str, float]:
     """Instructions per login (pgbench -C, one client) and per transaction (one persistent client)."""
     figures = {}
@@ -92,9 +76,9 @@ def measure(server: PostgresServer, port: int, pid: int, directory: str, os_user
         ("login", ["-C", "-c", "1"], LOGINS),
         ("transaction", ["-c", "1"], TRANSACTIONS),
     ):
-        _pgbench(server, port, [*arguments, "-t", str(WARM_UP)])
+        _pgbench(server, port, ["-n", "-S", *arguments, "-t", str(WARM_UP)])
         _control("-z", pid, os_user)
-        _pgbench(server, port, [*arguments, "-t", str(count)])
+        _pgbench(server, port, ["-n", "-S", *arguments, "-t", str(count)])
         _control("-d", pid, os_user)
         figures[unit] = _instructions(directory, pid) / count
     return figures
@@ -109,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results: dict[str, dict[str, float]] = {}
     with ExitStack() as stack:
         server = stack.enter_context(start_postgres(max_connections=PG_MAX_CONNECTIONS))
-        _pgbench_init(server)
+        _pgbench(server, server.port, ["-i", "-s", "1", "-q"])
         for name in ("pgbouncer", "rdsproxy"):
             directory = tempfile.mkdtemp(prefix=f"callgrind-{name}.", dir="/tmp")
             stack.callback(shutil.rmtree, directory, True)
