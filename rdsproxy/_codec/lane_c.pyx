@@ -252,9 +252,6 @@ cdef class ClientLane:
         cdef bint was_quiet
         self.last_activity = now
         if self.state == CLIENT_READY:
-            if data == _PG_TERMINATE and not PyByteArray_GET_SIZE((<ClientFramer?>self.framer)._held):
-                self.close()  # a lone Terminate (every client's last message): nothing to forward or account
-                return 0
             try:
                 session = <PgRequestState?>self.session
                 was_quiet = session.outstanding == 0
@@ -269,6 +266,10 @@ cdef class ClientLane:
                     return 0
             except Exception as exc:  # noqa - a proxy bug ends this connection only, and quietly for the peer
                 self.data_failed(exc)
+                return 0
+            # checked once take_plain refused the chunk, so plain requests never pay for the comparison
+            if data == _PG_TERMINATE and not PyByteArray_GET_SIZE((<ClientFramer?>self.framer)._held):
+                self.close()  # a lone Terminate (every client's last message): nothing to forward or account
                 return 0
         self.data_received_full(data)
         return 0

@@ -204,9 +204,6 @@ class ClientLane:
         """PgClient.data_received: plain requests accounted and forwarded here; the rest by data_received_full."""
         self.last_activity = now = time.monotonic()
         if self.state == CLIENT_READY:
-            if data == _PG_TERMINATE and not self.framer.pending:
-                self.close()  # type: ignore[attr-defined]  # a lone Terminate: nothing to forward or account
-                return
             try:
                 session = self.session
                 was_quiet = session.outstanding == 0
@@ -222,6 +219,10 @@ class ClientLane:
                     return
             except Exception as exc:  # noqa: BLE001 - a proxy bug ends this connection only, quietly for the peer
                 self.data_failed(exc)  # type: ignore[attr-defined]
+                return
+            # checked once take_plain refused the chunk, so plain requests never pay for the comparison
+            if data == _PG_TERMINATE and not self.framer.pending:
+                self.close()  # type: ignore[attr-defined]  # a lone Terminate: nothing to forward or account
                 return
         self.data_received_full(data)  # type: ignore[attr-defined]
 
