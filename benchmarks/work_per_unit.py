@@ -86,7 +86,12 @@ def measure(server: PostgresServer, port: int, pid: int, directory: str, os_user
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the callgrind dumps (one per unit and proxy) for callgrind_annotate, and print where they are",
+    )
+    options = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind (with callgrind_control) is needed: apt-get install valgrind", file=sys.stderr)
         return 2
@@ -96,7 +101,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         _pgbench(server, server.port, ["-i", "-s", "1", "-q"])
         for name in ("pgbouncer", "rdsproxy"):
             directory = tempfile.mkdtemp(prefix=f"callgrind-{name}.", dir="/tmp")
-            stack.callback(shutil.rmtree, directory, True)
+            if options.keep:
+                stack.callback(print, f"  {name}: callgrind dumps kept in {directory}")
+            else:
+                stack.callback(shutil.rmtree, directory, True)
             if name == "pgbouncer":
                 proxy = PgBouncer(server, pool_size=POOL_SIZE, command_prefix=callgrind_prefix(directory))
                 os_user = proxy.os_user

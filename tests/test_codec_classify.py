@@ -30,6 +30,8 @@ def impl(request):
 def check(impl, sql: str, expected: int) -> None:
     got = impl.classify_pg(sql.encode())
     assert got == expected, f"{sql!r}: got {got:#x}, expected {expected:#x}"
+    lexed = impl.classify.classify_pg_lexed(sql.encode())
+    assert lexed == expected, f"{sql!r} lexed in full: got {lexed:#x}, expected {expected:#x}"
 
 
 SET_CASES = [
@@ -196,6 +198,45 @@ def test_other_rules(impl, sql, expected):
 @pytest.mark.parametrize(("sql", "expected"), LEXING_CASES)
 def test_lexing_traps(impl, sql, expected):
     check(impl, sql, expected)
+
+
+@pytest.mark.parametrize("sql", [sql for sql, expected in SET_CASES + OTHER_RULE_CASES + LEXING_CASES if expected])
+def test_every_flagged_statement_holds_a_trigger_word(impl, sql):
+    assert impl.classify.pg_has_trigger_word(sql.encode())
+
+
+@pytest.mark.parametrize(
+    ("sql", "found"),
+    [
+        (b"", False),
+        (b"s", False),
+        (b"SELECT 1", False),
+        (b"SELECT abalance FROM pgbench_accounts WHERE aid = 42;", False),
+        (b"INSERT INTO t VALUES (1) RETURNING id", False),
+        (b"UPDATE t SET a = 1", True),
+        (b"SELECT * FROM t OFFSET 5", True),  # inside a longer word: lexed, and found harmless
+        (b"sEt", True),
+        (b"x set", True),
+        (b"x se", False),
+        (b"xxTeMp", True),
+        (b"te", False),
+        (b"advisor", False),
+        (b"SELECT PG_ADVISORY_LOCK(1)", True),
+        (b"\xffdeclare", True),
+        (b"DECLAR", False),
+        (b"-- load\nSELECT 1", True),  # comments and literals are searched too: lexing then rules them out
+    ],
+)
+def test_trigger_word_search(impl, sql, found):
+    assert impl.classify.pg_has_trigger_word(sql) is found
+    if not found:
+        assert impl.classify_pg(sql) == 0
+
+
+def test_trigger_words_are_lowercase_and_shared(impl):
+    words = impl.classify.PG_TRIGGER_WORDS
+    assert words == load_implementation("pure").classify.PG_TRIGGER_WORDS
+    assert all(word == word.lower() and len(word) >= 3 for word in words)
 
 
 def test_accepts_bytes_like_only(impl):

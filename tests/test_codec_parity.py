@@ -68,6 +68,18 @@ def test_classify_pg_parity(twins, sql):
 
 
 @PARITY
+@given(sql=sql_inputs)
+def test_trigger_word_search_is_sound(twins, sql):
+    """Where the trigger-word search finds nothing, lexing every statement finds no flags either."""
+    compiled, pure = twins
+    found = compiled.classify.pg_has_trigger_word(sql)
+    assert found == pure.classify.pg_has_trigger_word(sql)
+    lexed = compiled.classify.classify_pg_lexed(sql)
+    assert lexed == pure.classify.classify_pg_lexed(sql)
+    assert found or lexed == 0
+
+
+@PARITY
 @given(sql=sql_inputs, options=st.integers(min_value=0, max_value=255))
 def test_tokenize_parity(twins, sql, options):
     compiled, pure = twins

@@ -9,8 +9,12 @@ Tokens are C structs and words small ints: nothing is allocated per token.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
+
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long) nogil
+
 # Rare statement-level helpers: plain Python shared with the pure twin.
-from .classify_py import mysql_lex_options, mysql_select_of_session_functions, mysql_session_function_items, parse_kill
+from .classify_py import PG_TRIGGER_WORDS, mysql_lex_options, mysql_select_of_session_functions, mysql_session_function_items, parse_kill
 
 __all__ = [
     "DOT",
@@ -33,15 +37,18 @@ __all__ = [
     "OTHER",
     "PG_LEX_OPTIONS",
     "PG_TRACKED_PARAMETERS",
+    "PG_TRIGGER_WORDS",
     "QIDENT",
     "RPAREN",
     "SEMI",
     "classify_mysql",
     "classify_pg",
+    "classify_pg_lexed",
     "mysql_lex_options",
     "mysql_select_of_session_functions",
     "mysql_session_function_items",
     "parse_kill",
+    "pg_has_trigger_word",
     "tokenize",
 ]
 
@@ -794,14 +801,97 @@ cdef int pg_statement_finish(PgStatement* st) noexcept nogil:
     return flags
 
 
+# ---------------------------------------------------------------------------------------------- trigger words
+# classify_py.PG_TRIGGER_WORDS says why a text without any of them has no flags. The search is shift-and (bitap)
+# over the words' first TRIGGER_PREFIX letters, packed side by side into one 64-bit state: per byte a table load,
+# a shift, an OR and an AND. Only where a whole prefix matched is the rest of its word compared.
+cdef enum:
+    TRIGGER_PREFIX = 4  # letters per word in the state: 11 words fit in 64 bits, and few texts match 4 by chance
+cdef unsigned char LOWER[256]
+cdef unsigned long long TRIGGER_MASKS[256]  # bit of (word, letter): the word's prefix has this byte there, any case
+cdef unsigned long long TRIGGER_STARTS = 0  # the bit of each word's first letter
+cdef unsigned long long TRIGGER_ENDS = 0  # the bit of each word's last prefix letter
+cdef const unsigned char* TRIGGER_TEXT[64]  # by end bit: the word
+cdef Py_ssize_t TRIGGER_LENGTH[64]  # by end bit: its length
+cdef Py_ssize_t TRIGGER_PREFIX_LENGTH[64]  # by end bit: its prefix's length
+
+
+cdef void init_trigger_words() except *:
+    global TRIGGER_STARTS, TRIGGER_ENDS
+    cdef int c, bit = 0, end, j
+    cdef bytes word
+    for c in range(256):
+        LOWER[c] = c + 32 if ord("A") <= c <= ord("Z") else c
+        TRIGGER_MASKS[c] = 0
+    for word in PG_TRIGGER_WORDS:  # the module-level tuple keeps the words alive
+        assert word == word.lower() and word.isalpha()
+        prefix = word[:TRIGGER_PREFIX]
+        assert bit + len(prefix) <= 64
+        TRIGGER_STARTS |= 1ULL << bit
+        for j in range(len(prefix)):
+            TRIGGER_MASKS[prefix[j]] |= 1ULL << (bit + j)
+            TRIGGER_MASKS[prefix[j] - 32] |= 1ULL << (bit + j)  # the uppercase letter
+        end = bit + len(prefix) - 1
+        TRIGGER_ENDS |= 1ULL << end
+        TRIGGER_TEXT[end] = <const unsigned char*>PyBytes_AS_STRING(word)
+        TRIGGER_LENGTH[end] = len(word)
+        TRIGGER_PREFIX_LENGTH[end] = len(prefix)
+        bit += len(prefix)
+
+
+init_trigger_words()
+
+
+cdef bint pg_trigger_in(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, j, start, length
+    cdef unsigned long long state = 0, ends
+    cdef int end
+    cdef const unsigned char* word
+    for i in range(n):
+        state = ((state << 1) | TRIGGER_STARTS) & TRIGGER_MASKS[s[i]]
+        ends = state & TRIGGER_ENDS
+        while ends:  # rare: a whole prefix ends at i
+            end = __builtin_ctzll(ends)
+            ends &= ends - 1
+            word = TRIGGER_TEXT[end]
+            length = TRIGGER_LENGTH[end]
+            start = i + 1 - TRIGGER_PREFIX_LENGTH[end]
+            if start + length > n:
+                continue
+            j = TRIGGER_PREFIX_LENGTH[end]
+            while j < length and LOWER[s[start + j]] == word[j]:
+                j += 1
+            if j == length:
+                return True
+    return False
+
+
+def pg_has_trigger_word(sql) -> bool:
+    """Whether sql contains a word that could give it flags (PG_TRIGGER_WORDS); False proves classify_pg is 0."""
+    cdef bytes data = as_bytes(sql)
+    return pg_trigger_in(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+
 def classify_pg(sql) -> int:
     """OR of the flags (see flags.py) of every statement in a PostgreSQL query text."""
     cdef bytes data = as_bytes(sql)
     return classify_pg_span(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
 
 
+def classify_pg_lexed(sql) -> int:
+    """classify_pg without the trigger-word search: every statement is lexed (the tests check the search with it)."""
+    cdef bytes data = as_bytes(sql)
+    return classify_pg_tokens(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+
 cdef int classify_pg_span(const unsigned char* s, Py_ssize_t n) noexcept:
     """classify_pg of the n bytes at s (a query inside a message, without copying it out)."""
+    if not pg_trigger_in(s, n):
+        return 0
+    return classify_pg_tokens(s, n)
+
+
+cdef int classify_pg_tokens(const unsigned char* s, Py_ssize_t n) noexcept:
     cdef Lexer lx
     cdef Token tok
     cdef PgStatement st

@@ -57,15 +57,18 @@ __all__ = [
     "OTHER",
     "PG_LEX_OPTIONS",
     "PG_TRACKED_PARAMETERS",
+    "PG_TRIGGER_WORDS",
     "QIDENT",
     "RPAREN",
     "SEMI",
     "classify_mysql",
     "classify_pg",
+    "classify_pg_lexed",
     "mysql_lex_options",
     "mysql_select_of_session_functions",
     "mysql_session_function_items",
     "parse_kill",
+    "pg_has_trigger_word",
     "tokenize",
 ]
 
@@ -583,8 +586,41 @@ class _PgStatement:
         return flags
 
 
+# Every flag classify_pg can give needs one of these words, or a longer word containing one (reset, set_config,
+# pg_advisory_lock, temporary), as an identifier; identifiers are spelled in the text as they are matched (the
+# lexer decodes no escapes), so a text that contains none of them, in any case, has no flags. Most queries of a
+# busy pool are such, and a substring search is far cheaper than lexing them.
+PG_TRIGGER_WORDS = (
+    b"set",
+    b"prepare",
+    b"create",
+    b"execute",
+    b"deallocate",
+    b"declare",
+    b"listen",
+    b"load",
+    b"discard",
+    b"advisory",
+    b"temp",
+)
+_PG_TRIGGER = re.compile(b"|".join(PG_TRIGGER_WORDS), re.IGNORECASE)
+
+
+def pg_has_trigger_word(sql: BytesLike) -> bool:
+    """Whether sql contains a word that could give it flags (PG_TRIGGER_WORDS); False proves classify_pg is 0."""
+    return _PG_TRIGGER.search(_as_bytes(sql)) is not None
+
+
 def classify_pg(sql: BytesLike) -> int:
     """OR of the flags (see flags.py) of every statement in a PostgreSQL query text."""
+    sql = _as_bytes(sql)
+    if _PG_TRIGGER.search(sql) is None:
+        return 0
+    return classify_pg_lexed(sql)
+
+
+def classify_pg_lexed(sql: BytesLike) -> int:
+    """classify_pg without the trigger-word search: every statement is lexed (the tests check the search with it)."""
     sql = _as_bytes(sql)
     flags = 0
     statement = _PgStatement()
