@@ -109,7 +109,10 @@ cdef class Waiter:
 
 
 cdef class PoolLane:
-    cdef public dict _idle  # pool key -> idle backends, the warmest last
+    cdef public dict _idle  # pool key -> idle backends, the warmest last; a key's list is never replaced
+    cdef object _idle_key  # the key last looked up in _idle, and its list: the clients of one user and
+    cdef list _idle_list  # database share one key object (Engine.shared_key), so most lookups need no hashing
+    cdef dict _idle_of_dict  # the _idle they were found in
     cdef public Py_ssize_t _idle_count
     cdef public Py_ssize_t _borrowed
     cdef public Py_ssize_t _total  # open + opening backends: what counts against the budget
@@ -119,6 +122,7 @@ cdef class PoolLane:
     cdef public double _expiry_at
     cdef public bint _closed
     cdef public TargetCounters stats
+    cdef list _idle_of(self, key)
     cdef BackendLane _try_borrow(self, key)
     cdef int _give_back(self, BackendLane backend) except -1
     cdef Waiter _enqueue(self, ClientLane client, key, double timeout)

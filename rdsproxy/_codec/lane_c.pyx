@@ -451,10 +451,21 @@ cdef class PoolLane:
         """An idle backend for `key` right now, or None (then call `borrow_later` or `borrow`)."""
         return self._try_borrow(key)
 
+    cdef list _idle_of(self, key):
+        cdef list idle
+        if key is self._idle_key and self._idle is self._idle_of_dict:
+            return self._idle_list
+        idle = self._idle.get(key)
+        if idle is not None:
+            self._idle_key = key
+            self._idle_list = idle
+            self._idle_of_dict = self._idle
+        return idle
+
     cdef BackendLane _try_borrow(self, key):
         # An idle backend for `key` implies nobody waits for `key` (it would have been handed over), so taking
         # it does not jump the FIFO queue.
-        cdef list idle = self._idle.get(key)
+        cdef list idle = self._idle_of(key)
         cdef BackendLane backend
         cdef TargetCounters stats = self.stats
         if not idle:
@@ -482,7 +493,7 @@ cdef class PoolLane:
             if not self._hand_over(backend):
                 self._place(backend)
             return 0
-        idle = self._idle.get(backend.key)
+        idle = self._idle_of(backend.key)
         if idle is None:
             self._place(backend)
             return 0

@@ -5,7 +5,8 @@ import socket
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport ECONNABORTED, EAGAIN, EINTR, errno  # EWOULDBLOCK is EAGAIN on Linux
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memset
 
 from .lane_c cimport ENTRY_NONE, Port, deliver, entry_of
 
@@ -95,12 +96,16 @@ cdef class Relay:
 
     cdef readonly object loop
     cdef int _epfd
-    cdef dict _transports
+    cdef dict _transports  # fd -> transport: the references that keep them alive
+    cdef void **_by_fd  # the same, borrowed, as an array indexed by fd: _ready looks each event up without hashing
+    cdef Py_ssize_t _by_fd_size
     cdef epoll_event *_events
 
     def __cinit__(self):
         self._epfd = -1
         self._events = NULL
+        self._by_fd = NULL
+        self._by_fd_size = 0
 
     def __init__(self, loop):
         self.loop = loop
@@ -114,6 +119,8 @@ cdef class Relay:
     def __dealloc__(self):
         if self._events != NULL:
             free(self._events)
+        if self._by_fd != NULL:
+            free(self._by_fd)
         if self._epfd >= 0:
             c_close(self._epfd)
 
@@ -176,7 +183,11 @@ cdef class Relay:
         except OSError:
             c_close(fd)
             raise
-        self._transports[fd] = transport
+        try:
+            self._remember(fd, transport)
+        except MemoryError:
+            c_close(fd)
+            raise
         transport._events = EPOLLIN
         try:
             protocol.connection_made(transport)
@@ -216,24 +227,42 @@ cdef class Relay:
             raise _os_error(errno)
         return 0
 
+    cdef int _remember(self, int fd, RelayTransport transport) except -1:
+        cdef Py_ssize_t size
+        cdef void **grown
+        if fd >= self._by_fd_size:
+            size = max(64, self._by_fd_size * 2, fd + 1)
+            grown = <void **>realloc(self._by_fd, size * sizeof(void *))
+            if grown == NULL:
+                raise MemoryError()
+            memset(grown + self._by_fd_size, 0, (size - self._by_fd_size) * sizeof(void *))
+            self._by_fd = grown
+            self._by_fd_size = size
+        self._transports[fd] = transport
+        self._by_fd[fd] = <void *>transport
+        return 0
+
     cdef void _forget(self, int fd):
         # No EPOLL_CTL_DEL: the caller closes fd next, its only descriptor, which takes it out of the epoll set
         # (one syscall less per connection).
+        self._by_fd[fd] = NULL
         del self._transports[fd]
 
     def _ready(self):
-        cdef int count, i
+        cdef int count, i, fd
         cdef unsigned int events
         cdef RelayTransport transport
         if self._epfd < 0:
             return
         count = epoll_wait(self._epfd, self._events, C_MAX_EVENTS, 0)
-        transports = self._transports
         for i in range(count):
             events = self._events[i].events
-            transport = transports.get(self._events[i].data.fd)
-            if transport is None:  # closed by an earlier event of this batch
+            fd = self._events[i].data.fd
+            # NULL: closed by an earlier event of this batch (the local reference below keeps the found one alive
+            # while it is served, and _forget clears the slot before the dict lets go of it)
+            if fd >= self._by_fd_size or self._by_fd[fd] == NULL:
                 continue
+            transport = <RelayTransport>self._by_fd[fd]
             if events & _OUT_OR_FAILED and transport._buffered:
                 transport._flush()
             if events & _IN_OR_FAILED and transport._reading:

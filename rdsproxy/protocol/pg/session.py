@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from sys import intern
 from typing import Optional
 
 from ..._codec import PgRequestState, classify_pg
@@ -96,7 +97,9 @@ class PgSession(PgRequestState):
                 continue
             if not valid_setting_name(lower):
                 raise ProtocolViolation(f"invalid startup parameter name {key!r}")
-            self.wanted[lower] = value
+            # interned: clients that ask for the same settings then hold the same strings, and the comparison of
+            # a client's settings with a backend's (ClientLane, on every borrow) is a few pointer compares
+            self.wanted[intern(lower)] = intern(value)
 
     # ------------------------------------------------------------------ client -> backend
     def client_messages(self, buf: bytes, msgs: list) -> ClientBatch:
@@ -216,6 +219,7 @@ class PgSession(PgRequestState):
                 name, value = messages.parse_parameter_status(payload)
                 lower = name.lower()
                 if lower in TRACKED_REPORTED:
+                    lower, value = intern(lower), intern(value)
                     self.wanted[lower] = value
                     applied[lower] = value
             elif mtype == _COPY_IN or mtype == _COPY_BOTH:
