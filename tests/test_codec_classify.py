@@ -233,6 +233,17 @@ def test_trigger_word_search(impl, sql, found):
         assert impl.classify_pg(sql) == 0
 
 
+def test_trigger_words_are_found_at_every_offset_and_in_any_case(impl):
+    # the compiled search reads four bytes per round: a word must be found wherever it starts and ends
+    for word in impl.classify.PG_TRIGGER_WORDS:
+        for before in range(9):
+            for after in range(5):
+                for spelling in (word, word.upper(), word.capitalize()):
+                    assert impl.classify.pg_has_trigger_word(b"x" * before + spelling + b"y" * after), spelling
+            assert not impl.classify.pg_has_trigger_word(b"x" * before + word[:-1]), word[:-1]
+            assert not impl.classify.pg_has_trigger_word(b"x" * before + word[:-1] + b"_" + word[-1:]), word
+
+
 def test_trigger_words_are_lowercase_and_shared(impl):
     words = impl.classify.PG_TRIGGER_WORDS
     assert words == load_implementation("pure").classify.PG_TRIGGER_WORDS

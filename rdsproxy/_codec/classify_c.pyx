@@ -842,27 +842,58 @@ cdef void init_trigger_words() except *:
 init_trigger_words()
 
 
-cdef bint pg_trigger_in(const unsigned char* s, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i, j, start, length
-    cdef unsigned long long state = 0, ends
+cdef inline bint trigger_word_ends(const unsigned char* s, Py_ssize_t n, Py_ssize_t i,
+                                   unsigned long long ends) noexcept nogil:
+    """Whether one of the words whose prefix ends at s[i] (the end bits in `ends`) is there whole."""
+    cdef Py_ssize_t j, start, length
     cdef int end
     cdef const unsigned char* word
-    for i in range(n):
-        state = ((state << 1) | TRIGGER_STARTS) & TRIGGER_MASKS[s[i]]
-        ends = state & TRIGGER_ENDS
-        while ends:  # rare: a whole prefix ends at i
-            end = __builtin_ctzll(ends)
-            ends &= ends - 1
-            word = TRIGGER_TEXT[end]
-            length = TRIGGER_LENGTH[end]
-            start = i + 1 - TRIGGER_PREFIX_LENGTH[end]
-            if start + length > n:
-                continue
-            j = TRIGGER_PREFIX_LENGTH[end]
-            while j < length and LOWER[s[start + j]] == word[j]:
-                j += 1
-            if j == length:
-                return True
+    while ends:
+        end = __builtin_ctzll(ends)
+        ends &= ends - 1
+        word = TRIGGER_TEXT[end]
+        length = TRIGGER_LENGTH[end]
+        start = i + 1 - TRIGGER_PREFIX_LENGTH[end]
+        if start + length > n:
+            continue
+        j = TRIGGER_PREFIX_LENGTH[end]
+        while j < length and LOWER[s[start + j]] == word[j]:
+            j += 1
+        if j == length:
+            return True
+    return False
+
+
+cdef bint pg_trigger_in(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i = 0, k
+    cdef unsigned long long state = 0, before, seen, ends
+    cdef unsigned long long starts = TRIGGER_STARTS, end_bits = TRIGGER_ENDS
+    # Four bytes per round, testing for a whole prefix once per round (an end bit lasts one step, so each step's
+    # state is ORed into `seen`); a round that had one is replayed byte by byte.
+    while i + 4 <= n:
+        before = state
+        state = ((state << 1) | starts) & TRIGGER_MASKS[s[i]]
+        seen = state
+        state = ((state << 1) | starts) & TRIGGER_MASKS[s[i + 1]]
+        seen |= state
+        state = ((state << 1) | starts) & TRIGGER_MASKS[s[i + 2]]
+        seen |= state
+        state = ((state << 1) | starts) & TRIGGER_MASKS[s[i + 3]]
+        seen |= state
+        if seen & end_bits:
+            state = before
+            for k in range(i, i + 4):
+                state = ((state << 1) | starts) & TRIGGER_MASKS[s[k]]
+                ends = state & end_bits
+                if ends and trigger_word_ends(s, n, k, ends):
+                    return True
+        i += 4
+    while i < n:
+        state = ((state << 1) | starts) & TRIGGER_MASKS[s[i]]
+        ends = state & end_bits
+        if ends and trigger_word_ends(s, n, i, ends):
+            return True
+        i += 1
     return False
 
 
