@@ -40,6 +40,8 @@ def impl(request):
 def check(impl, sql: str, expected: int, **kwargs) -> None:
     got = impl.classify_mysql(sql.encode(), **kwargs)
     assert got == expected, f"{sql!r}: got {got:#x}, expected {expected:#x}"
+    lexed = impl.classify.classify_mysql_lexed(sql.encode(), **kwargs)
+    assert lexed == expected, f"{sql!r} lexed in full: got {lexed:#x}, expected {expected:#x}"
 
 
 SET_CASES = [
@@ -287,6 +289,45 @@ def test_executable_comments_are_code(impl, sql, expected):
 @pytest.mark.parametrize(("sql", "expected"), LEXING_CASES)
 def test_lexing_traps(impl, sql, expected):
     check(impl, sql, expected)
+
+
+ALL_CASES = SET_CASES + USER_VARIABLE_CASES + OTHER_RULE_CASES + EXECUTABLE_COMMENT_CASES + LEXING_CASES
+
+
+@pytest.mark.parametrize("sql", [sql for sql, expected in ALL_CASES if expected])
+def test_every_flagged_statement_holds_a_trigger_word(impl, sql):
+    assert impl.classify.mysql_has_trigger_word(sql.encode())
+
+
+@pytest.mark.parametrize(
+    ("sql", "found"),
+    [
+        (b"", False),
+        (b"SELECT c FROM sbtest1 WHERE id=4242", False),
+        (b"INSERT INTO t (a) VALUES (1)", False),
+        (b"UPDATE t SET a = 1", True),
+        (b"SELECT @x", True),
+        (b"SELECT 1 /* why */", True),  # any comment: lexing then tells an executable one apart
+        (b"SELECT * FROM users", True),  # "use" inside a word: lexed, and found harmless
+        (b"select Last_Insert_Id()", True),
+        (b"SELECT row_coun", False),
+        (b"/", False),
+    ],
+)
+def test_trigger_word_search(impl, sql, found):
+    assert impl.classify.mysql_has_trigger_word(sql) is found
+    if not found:
+        assert impl.classify_mysql(sql) == 0
+
+
+def test_trigger_words_are_found_at_every_offset_and_in_any_case(impl):
+    for word in impl.classify.MYSQL_TRIGGER_WORDS:
+        assert word == word.lower()
+        for before in range(9):
+            for after in range(5):
+                for spelling in (word, word.upper()):
+                    assert impl.classify.mysql_has_trigger_word(b"x" * before + spelling + b"y" * after), spelling
+            assert not impl.classify.mysql_has_trigger_word(b"x" * before + word[:-1]), word[:-1]
 
 
 def test_sql_mode_changes_the_lexing(impl):

@@ -194,7 +194,7 @@ MYSQL_WORDS = """
     PASSWORD DEFAULT STATEMENT FOR LOCK UNLOCK TABLES TABLE INSTANCE BACKUP STAGE FLUSH WITH READ EXPORT INTO
     CREATE OR REPLACE TEMPORARY SEQUENCE PREPARE EXECUTE DEALLOCATE DROP USE KILL QUERY SQL_CALC_FOUND_ROWS
     GET_LOCK RELEASE_LOCK LAST_INSERT_ID ROW_COUNT FOUND_ROWS SELECT autocommit sql_mode time_zone tx_isolation
-    transaction_read_only foreign_key_checks `autocommit` `x` a.b x é
+    transaction_read_only foreign_key_checks `autocommit` `x` a.b x é CONNECTION_ID connection_id
 """.split()
 MYSQL_PUNCTUATION = [
     "\n",
@@ -217,6 +217,18 @@ mysql_inputs = st.one_of(st.binary(max_size=300), mysql_fragments, lexer_soup)
 def test_classify_mysql_parity(twins, sql, options):
     compiled, pure = twins
     assert compiled.classify_mysql(sql, options) == pure.classify_mysql(sql, options)
+
+
+@PARITY
+@given(sql=mysql_inputs, options=st.sampled_from([0x1F8, 0x1E8, 0x1D8, 0x1C8, 0xF8]))
+def test_mysql_trigger_word_search_is_sound(twins, sql, options):
+    """Where the trigger-word search finds nothing, lexing every statement finds no flags either."""
+    compiled, pure = twins
+    found = compiled.classify.mysql_has_trigger_word(sql)
+    assert found == pure.classify.mysql_has_trigger_word(sql)
+    lexed = compiled.classify.classify_mysql_lexed(sql, options)
+    assert lexed == pure.classify.classify_mysql_lexed(sql, options)
+    assert found or lexed == 0
 
 
 @PARITY

@@ -850,6 +850,26 @@ async def test_tracked_state_is_replayed_and_does_not_pin(server: MariaDBServer,
         close_all([changer, other, late])
 
 
+async def test_sessions_in_one_state_share_it_with_their_backends(server: MariaDBServer) -> None:
+    """States are shared dicts, so the check on every borrow is a pointer comparison; a SET gets its own."""
+    async with pooled_proxy(server, pool_size=1, connection_borrow_timeout=3) as proxy:
+        first = await connect_aiomysql(proxy, server)
+        second = await connect_aiomysql(proxy, server)
+        for client in (first, second, first):
+            assert await fetch_value(client, "SELECT 1") == 1
+        one, other = (client.session for client in proxy.engine.clients)
+        assert one.wanted is other.wanted
+        (target,) = proxy.targets.all
+        (backend,) = target.pool._idle[next(iter(target.pool._idle))]
+        assert backend.applied is one.wanted
+        await execute(second, "SET time_zone = '+03:00'")
+        assert await fetch_value(second, "SELECT @@time_zone") == "+03:00"
+        assert await fetch_value(first, "SELECT @@time_zone") != "+03:00"  # synced back on the shared backend
+        assert one.wanted is not other.wanted
+        assert one.wanted != other.wanted
+        close_all([first, second])
+
+
 # ---------------------------------------------------------------------------------------------- pinning rules
 
 

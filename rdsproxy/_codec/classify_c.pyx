@@ -14,7 +14,7 @@ cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
 
 # Rare statement-level helpers: plain Python shared with the pure twin.
-from .classify_py import PG_TRIGGER_WORDS, mysql_lex_options, mysql_select_of_session_functions, mysql_session_function_items, parse_kill
+from .classify_py import MYSQL_TRIGGER_WORDS, PG_TRIGGER_WORDS, mysql_lex_options, mysql_select_of_session_functions, mysql_session_function_items, parse_kill
 
 __all__ = [
     "DOT",
@@ -33,6 +33,7 @@ __all__ = [
     "LPAREN",
     "MYSQL_LEX_OPTIONS",
     "MYSQL_TRACKED_VARIABLES",
+    "MYSQL_TRIGGER_WORDS",
     "MY_FLAGS",
     "OTHER",
     "PG_LEX_OPTIONS",
@@ -42,8 +43,10 @@ __all__ = [
     "RPAREN",
     "SEMI",
     "classify_mysql",
+    "classify_mysql_lexed",
     "classify_pg",
     "classify_pg_lexed",
+    "mysql_has_trigger_word",
     "mysql_lex_options",
     "mysql_select_of_session_functions",
     "mysql_session_function_items",
@@ -802,47 +805,66 @@ cdef int pg_statement_finish(PgStatement* st) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------- trigger words
-# classify_py.PG_TRIGGER_WORDS says why a text without any of them has no flags. The search is shift-and (bitap)
-# over the words' first TRIGGER_PREFIX letters, packed side by side into one 64-bit state: per byte a table load,
-# a shift, an OR and an AND. Only where a whole prefix matched is the rest of its word compared.
+# classify_py.PG_TRIGGER_WORDS says why a text without any of them has no flags (and MYSQL_TRIGGER_WORDS for
+# MySQL). The search is shift-and (bitap) over the words' first TRIGGER_PREFIX bytes, packed side by side into one
+# 64-bit state: per byte a table load, a shift, an OR and an AND. Only where a whole prefix matched is the rest of
+# its word compared.
 cdef enum:
-    TRIGGER_PREFIX = 4  # letters per word in the state: 11 words fit in 64 bits, and few texts match 4 by chance
+    TRIGGER_PREFIX = 4  # bytes per word in the state: a dialect's words fit in 64 bits, and few texts match 4
+
+cdef struct TriggerSet:
+    unsigned long long masks[256]  # bit of (word, position): the word's prefix has this byte there, in any case
+    unsigned long long starts  # the bit of each word's first byte
+    unsigned long long ends  # the bit of each word's last prefix byte
+    const unsigned char* text[64]  # by end bit: the word
+    Py_ssize_t length[64]  # by end bit: its length
+    Py_ssize_t prefix_length[64]  # by end bit: its prefix's length
+
 cdef unsigned char LOWER[256]
-cdef unsigned long long TRIGGER_MASKS[256]  # bit of (word, letter): the word's prefix has this byte there, any case
-cdef unsigned long long TRIGGER_STARTS = 0  # the bit of each word's first letter
-cdef unsigned long long TRIGGER_ENDS = 0  # the bit of each word's last prefix letter
-cdef const unsigned char* TRIGGER_TEXT[64]  # by end bit: the word
-cdef Py_ssize_t TRIGGER_LENGTH[64]  # by end bit: its length
-cdef Py_ssize_t TRIGGER_PREFIX_LENGTH[64]  # by end bit: its prefix's length
+cdef TriggerSet PG_TRIGGERS
+cdef TriggerSet MYSQL_TRIGGERS
+cdef TriggerSet MYSQL_PLAIN_TRIGGERS  # MYSQL_TRIGGER_WORDS and connection_id: what mysql_plain_query looks for
+_MYSQL_PLAIN_TRIGGER_WORDS = MYSQL_TRIGGER_WORDS + (b"connection_id",)
+
+
+cdef void init_trigger_set(TriggerSet* triggers, tuple words) except *:
+    cdef int c, bit = 0, end, j
+    cdef bytes word, prefix
+    for c in range(256):
+        triggers.masks[c] = 0
+    triggers.starts = 0
+    triggers.ends = 0
+    for word in words:  # module-level tuples keep the words alive
+        assert word and word == word.lower()
+        prefix = word[:TRIGGER_PREFIX]
+        assert bit + len(prefix) <= 64
+        triggers.starts |= 1ULL << bit
+        for j in range(len(prefix)):
+            c = prefix[j]
+            triggers.masks[c] |= 1ULL << (bit + j)
+            if ord("a") <= c <= ord("z"):
+                triggers.masks[c - 32] |= 1ULL << (bit + j)  # the uppercase letter
+        end = bit + len(prefix) - 1
+        triggers.ends |= 1ULL << end
+        triggers.text[end] = <const unsigned char*>PyBytes_AS_STRING(word)
+        triggers.length[end] = len(word)
+        triggers.prefix_length[end] = len(prefix)
+        bit += len(prefix)
 
 
 cdef void init_trigger_words() except *:
-    global TRIGGER_STARTS, TRIGGER_ENDS
-    cdef int c, bit = 0, end, j
-    cdef bytes word
+    cdef int c
     for c in range(256):
         LOWER[c] = c + 32 if ord("A") <= c <= ord("Z") else c
-        TRIGGER_MASKS[c] = 0
-    for word in PG_TRIGGER_WORDS:  # the module-level tuple keeps the words alive
-        assert word == word.lower() and word.isalpha()
-        prefix = word[:TRIGGER_PREFIX]
-        assert bit + len(prefix) <= 64
-        TRIGGER_STARTS |= 1ULL << bit
-        for j in range(len(prefix)):
-            TRIGGER_MASKS[prefix[j]] |= 1ULL << (bit + j)
-            TRIGGER_MASKS[prefix[j] - 32] |= 1ULL << (bit + j)  # the uppercase letter
-        end = bit + len(prefix) - 1
-        TRIGGER_ENDS |= 1ULL << end
-        TRIGGER_TEXT[end] = <const unsigned char*>PyBytes_AS_STRING(word)
-        TRIGGER_LENGTH[end] = len(word)
-        TRIGGER_PREFIX_LENGTH[end] = len(prefix)
-        bit += len(prefix)
+    init_trigger_set(&PG_TRIGGERS, PG_TRIGGER_WORDS)
+    init_trigger_set(&MYSQL_TRIGGERS, MYSQL_TRIGGER_WORDS)
+    init_trigger_set(&MYSQL_PLAIN_TRIGGERS, _MYSQL_PLAIN_TRIGGER_WORDS)
 
 
 init_trigger_words()
 
 
-cdef inline bint trigger_word_ends(const unsigned char* s, Py_ssize_t n, Py_ssize_t i,
+cdef inline bint trigger_word_ends(const TriggerSet* triggers, const unsigned char* s, Py_ssize_t n, Py_ssize_t i,
                                    unsigned long long ends) noexcept nogil:
     """Whether one of the words whose prefix ends at s[i] (the end bits in `ends`) is there whole."""
     cdef Py_ssize_t j, start, length
@@ -851,12 +873,12 @@ cdef inline bint trigger_word_ends(const unsigned char* s, Py_ssize_t n, Py_ssiz
     while ends:
         end = __builtin_ctzll(ends)
         ends &= ends - 1
-        word = TRIGGER_TEXT[end]
-        length = TRIGGER_LENGTH[end]
-        start = i + 1 - TRIGGER_PREFIX_LENGTH[end]
+        word = triggers.text[end]
+        length = triggers.length[end]
+        start = i + 1 - triggers.prefix_length[end]
         if start + length > n:
             continue
-        j = TRIGGER_PREFIX_LENGTH[end]
+        j = triggers.prefix_length[end]
         while j < length and LOWER[s[start + j]] == word[j]:
             j += 1
         if j == length:
@@ -864,34 +886,36 @@ cdef inline bint trigger_word_ends(const unsigned char* s, Py_ssize_t n, Py_ssiz
     return False
 
 
-cdef bint pg_trigger_in(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+cdef bint trigger_in(const TriggerSet* triggers, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Whether one of the set's words, in any case, occurs in the n bytes at s."""
     cdef Py_ssize_t i = 0, k
     cdef unsigned long long state = 0, before, seen, ends
-    cdef unsigned long long starts = TRIGGER_STARTS, end_bits = TRIGGER_ENDS
+    cdef unsigned long long starts = triggers.starts, end_bits = triggers.ends
+    cdef const unsigned long long* masks = triggers.masks
     # Four bytes per round, testing for a whole prefix once per round (an end bit lasts one step, so each step's
     # state is ORed into `seen`); a round that had one is replayed byte by byte.
     while i + 4 <= n:
         before = state
-        state = ((state << 1) | starts) & TRIGGER_MASKS[s[i]]
+        state = ((state << 1) | starts) & masks[s[i]]
         seen = state
-        state = ((state << 1) | starts) & TRIGGER_MASKS[s[i + 1]]
+        state = ((state << 1) | starts) & masks[s[i + 1]]
         seen |= state
-        state = ((state << 1) | starts) & TRIGGER_MASKS[s[i + 2]]
+        state = ((state << 1) | starts) & masks[s[i + 2]]
         seen |= state
-        state = ((state << 1) | starts) & TRIGGER_MASKS[s[i + 3]]
+        state = ((state << 1) | starts) & masks[s[i + 3]]
         seen |= state
         if seen & end_bits:
             state = before
             for k in range(i, i + 4):
-                state = ((state << 1) | starts) & TRIGGER_MASKS[s[k]]
+                state = ((state << 1) | starts) & masks[s[k]]
                 ends = state & end_bits
-                if ends and trigger_word_ends(s, n, k, ends):
+                if ends and trigger_word_ends(triggers, s, n, k, ends):
                     return True
         i += 4
     while i < n:
-        state = ((state << 1) | starts) & TRIGGER_MASKS[s[i]]
+        state = ((state << 1) | starts) & masks[s[i]]
         ends = state & end_bits
-        if ends and trigger_word_ends(s, n, i, ends):
+        if ends and trigger_word_ends(triggers, s, n, i, ends):
             return True
         i += 1
     return False
@@ -900,7 +924,7 @@ cdef bint pg_trigger_in(const unsigned char* s, Py_ssize_t n) noexcept nogil:
 def pg_has_trigger_word(sql) -> bool:
     """Whether sql contains a word that could give it flags (PG_TRIGGER_WORDS); False proves classify_pg is 0."""
     cdef bytes data = as_bytes(sql)
-    return pg_trigger_in(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+    return trigger_in(&PG_TRIGGERS, <const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
 
 
 def classify_pg(sql) -> int:
@@ -917,7 +941,7 @@ def classify_pg_lexed(sql) -> int:
 
 cdef int classify_pg_span(const unsigned char* s, Py_ssize_t n) noexcept:
     """classify_pg of the n bytes at s (a query inside a message, without copying it out)."""
-    if not pg_trigger_in(s, n):
+    if not trigger_in(&PG_TRIGGERS, s, n):
         return 0
     return classify_pg_tokens(s, n)
 
@@ -1465,18 +1489,70 @@ cdef int my_statement_finish(MyStatement* st) noexcept nogil:
     return 0
 
 
+def mysql_has_trigger_word(sql) -> bool:
+    """Whether sql contains a word that could give it flags (MYSQL_TRIGGER_WORDS); False proves classify_mysql is 0."""
+    cdef bytes data = as_bytes(sql)
+    return trigger_in(&MYSQL_TRIGGERS, <const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+
 def classify_mysql(sql, int options=OPT_MYSQL) -> int:
     """OR of the MY_* flags (see flags.py) of every statement in a MySQL / MariaDB query text.
 
     `options` are the lexer options: clear LEX_BACKSLASH_STRINGS when sql_mode has NO_BACKSLASH_ESCAPES and
     LEX_DQUOTE_STRINGS when it has ANSI_QUOTES (see mysql_lex_options)."""
     cdef bytes data = as_bytes(sql)
+    return classify_mysql_span(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), options)
+
+
+def classify_mysql_lexed(sql, int options=OPT_MYSQL) -> int:
+    """classify_mysql without the trigger-word search: every statement is lexed (the tests check the search)."""
+    cdef bytes data = as_bytes(sql)
+    return classify_mysql_tokens(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), options)
+
+
+cdef int classify_mysql_span(const unsigned char* s, Py_ssize_t n, int options) noexcept:
+    """classify_mysql of the n bytes at s (a query inside a packet, without copying it out)."""
+    if not trigger_in(&MYSQL_TRIGGERS, s, n):
+        return 0
+    return classify_mysql_tokens(s, n, options)
+
+
+cdef bint mentions_connection_id(const unsigned char* p, Py_ssize_t size) noexcept nogil:
+    """Whether p[:size] contains "connection_id" in any ASCII case (what bytes.lower() then `in` would find)."""
+    cdef const char* word = b"connection_id"
+    cdef Py_ssize_t i, k
+    cdef unsigned char c
+    for i in range(size - 12):
+        for k in range(13):
+            c = p[i + k]
+            if 65 <= c <= 90:
+                c += 32
+            if c != <unsigned char>word[k]:
+                break
+        else:
+            return True
+    return False
+
+
+cdef bint mysql_plain_query(const unsigned char* s, Py_ssize_t n) noexcept:
+    """Whether the n bytes at s are query text with no flags (default lexer options) that does not mention
+    CONNECTION_ID: what myframe's take_command forwards as it is. One search for both in the common case."""
+    if not trigger_in(&MYSQL_PLAIN_TRIGGERS, s, n):
+        return True
+    return not mentions_connection_id(s, n) and classify_mysql_span(s, n, OPT_MYSQL) == 0
+
+
+cdef int classify_mysql_tokens(const unsigned char* s, Py_ssize_t n, int options) noexcept:
     cdef Lexer lx
     cdef Token tok
     cdef MyStatement st
     cdef int flags = 0
     cdef int symbol
-    lexer_start(&lx, data, options)
+    lx.s = s
+    lx.n = n
+    lx.pos = 0
+    lx.options = options
+    lx.in_executable_comment = False
     my_statement_start(&st)
     while lex_next(&lx, &tok):
         if tok.kind == TK_SEMI:

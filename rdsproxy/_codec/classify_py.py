@@ -53,6 +53,7 @@ __all__ = [
     "LPAREN",
     "MYSQL_LEX_OPTIONS",
     "MYSQL_TRACKED_VARIABLES",
+    "MYSQL_TRIGGER_WORDS",
     "MY_FLAGS",
     "OTHER",
     "PG_LEX_OPTIONS",
@@ -62,8 +63,10 @@ __all__ = [
     "RPAREN",
     "SEMI",
     "classify_mysql",
+    "classify_mysql_lexed",
     "classify_pg",
     "classify_pg_lexed",
+    "mysql_has_trigger_word",
     "mysql_lex_options",
     "mysql_select_of_session_functions",
     "mysql_session_function_items",
@@ -1057,11 +1060,47 @@ class _MyStatement:
         return 0
 
 
+# As PG_TRIGGER_WORDS, for MySQL: every flag classify_mysql can give needs one of these in the text, in any case
+# (charset, get_lock, sql_calc_found_rows contain one); '@' starts every user variable, '/*' every executable
+# comment.
+MYSQL_TRIGGER_WORDS = (
+    b"set",
+    b"lock",
+    b"prepare",
+    b"execute",
+    b"deallocate",
+    b"use",
+    b"kill",
+    b"temporary",
+    b"stage",
+    b"export",
+    b"last_insert_id",
+    b"row_count",
+    b"found_rows",
+    b"@",
+    b"/*",
+)
+_MYSQL_TRIGGER = re.compile(b"|".join(re.escape(word) for word in MYSQL_TRIGGER_WORDS), re.IGNORECASE)
+
+
+def mysql_has_trigger_word(sql: BytesLike) -> bool:
+    """Whether sql contains a word that could give it flags (MYSQL_TRIGGER_WORDS); False proves classify_mysql is 0."""
+    return _MYSQL_TRIGGER.search(_as_bytes(sql)) is not None
+
+
 def classify_mysql(sql: BytesLike, options: int = MYSQL_LEX_OPTIONS) -> int:
     """OR of the MY_* flags (see flags.py) of every statement in a MySQL / MariaDB query text.
 
     `options` are the lexer options: clear LEX_BACKSLASH_STRINGS when sql_mode has NO_BACKSLASH_ESCAPES and
     LEX_DQUOTE_STRINGS when it has ANSI_QUOTES (see mysql_lex_options)."""
+    sql = _as_bytes(sql)
+    if _MYSQL_TRIGGER.search(sql) is None:
+        return 0
+    return classify_mysql_lexed(sql, options)
+
+
+def classify_mysql_lexed(sql: BytesLike, options: int = MYSQL_LEX_OPTIONS) -> int:
+    """classify_mysql without the trigger-word search: every statement is lexed (the tests check the search)."""
     sql = _as_bytes(sql)
     flags = 0
     statement = _MyStatement()

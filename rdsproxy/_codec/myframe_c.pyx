@@ -8,7 +8,7 @@ from libc.string cimport memcpy
 from collections import deque
 
 from ..errors import ProtocolViolation
-from .classify_c import classify_mysql
+from .classify_c cimport mysql_plain_query
 
 __all__ = [
     "COM_CHANGE_USER",
@@ -131,23 +131,6 @@ _UNSCANNABLE_COMMANDS = {
 
 cdef inline Py_ssize_t read_length(const unsigned char* p) noexcept nogil:
     return <Py_ssize_t>p[0] | (<Py_ssize_t>p[1] << 8) | (<Py_ssize_t>p[2] << 16)
-
-
-cdef bint mentions_connection_id(const unsigned char* p, Py_ssize_t size) noexcept nogil:
-    """Whether p[:size] contains "connection_id" in any ASCII case (what bytes.lower() then `in` would find)."""
-    cdef const char* word = b"connection_id"
-    cdef Py_ssize_t i, k
-    cdef unsigned char c
-    for i in range(size - 12):
-        for k in range(13):
-            c = p[i + k]
-            if 65 <= c <= 90:
-                c += 32
-            if c != <unsigned char>word[k]:
-                break
-        else:
-            return True
-    return False
 
 
 cdef class MyClientFramer:
@@ -284,9 +267,7 @@ cdef class MyClientFramer:
             return -1
         cdef unsigned char command = src[4]
         if command == CMD_QUERY:
-            if length - 1 > INSPECT_LIMIT or mentions_connection_id(src + 5, length - 1):
-                return -1
-            if <long long>classify_mysql(chunk[5:]):
+            if length - 1 > INSPECT_LIMIT or not mysql_plain_query(src + 5, length - 1):
                 return -1
             return CMD_QUERY
         if command == CMD_STMT_EXECUTE:

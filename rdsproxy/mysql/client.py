@@ -254,7 +254,7 @@ class MyClient(ClientConnection):
         if self.state == CLOSED:
             return
         self.session.reset(None)
-        self.session.wanted = wanted
+        self.session.wanted = self.engine.shared_state(wanted)
         self._send(self._seq, p.ok_packet(status=self.session.ok_status()))
         self.state = READY
         self.framer.max_packet_size = MAX_CLIENT_PACKET
@@ -309,10 +309,14 @@ class MyClient(ClientConnection):
         """The proxy's own commands that give `backend` this client's session state, or None."""
         session = self.session
         wanted = session.wanted
-        if backend.applied == wanted and (
+        applied = backend.applied
+        if (applied is wanted or applied == wanted) and (
             not session.reads_last_insert_id or backend.last_insert_id == session.last_insert_id
         ):
-            return None  # the common case, checked on every borrow without building anything
+            # the common case, checked on every borrow without building anything; an equal state is adopted, so
+            # that the next check is a pointer comparison (states are shared, see MyEngine.shared_state)
+            backend.applied = wanted
+            return None
         plan: list[tuple[int, bytes]] = []
         database = wanted.get("database")
         if database is not None and database != backend.applied.get("database"):
@@ -333,7 +337,7 @@ class MyClient(ClientConnection):
                 await backend.command(command, payload)
 
     def synced(self, backend: MyBackend) -> None:
-        backend.applied = dict(self.session.wanted)
+        backend.applied = self.session.wanted  # shared: neither is ever changed in place
         backend.last_insert_id = self.session.last_insert_id
 
     def invalid_settings(self, exc: InternalQueryError) -> None:
@@ -394,9 +398,9 @@ class MyClient(ClientConnection):
                 backend.transport.abort()  # backend_lost() follows and answers what is queued
             asyncio.get_running_loop().call_soon(self.resume_reading)  # after backend_lost()
             return
-        state = dict(zip(("database", *TRACKED_VARIABLES), rows[0]))
+        state = self.engine.shared_state(dict(zip(("database", *TRACKED_VARIABLES), rows[0])))
         self.session.wanted = state
-        backend.applied = dict(state)
+        backend.applied = state
         self._refreshing = False
         pending, self.pending = self.pending, None
         for command, cursor in self.expects:
@@ -416,7 +420,7 @@ class MyClient(ClientConnection):
             self.engine.return_backend(self, backend)
         current_database = self.session.wanted.get("database")  # the reset keeps the current schema
         self.session.reset(None)
-        self.session.wanted = dict(self.engine.baseline(self.key), database=current_database)
+        self.session.wanted = self.engine.shared_state(dict(self.engine.baseline(self.key), database=current_database))
         self._send(1, p.ok_packet(status=self.session.ok_status()))
 
     def _change_user(self, payload: bytes) -> None:

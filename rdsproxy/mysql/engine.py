@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rdsproxy.engine")
 
 PROBE_SQL = b"SELECT @@global.read_only, @@global.max_connections"
+# Distinct session states whose dicts are shared between clients and backends (MyEngine.shared_state).
+MAX_SHARED_STATES = 1024
 
 # Until a target has been reached, clients are greeted with this version.
 DEFAULT_SERVER_VERSION = "5.5.5-10.11.0-MariaDB-rdsproxy"
@@ -45,6 +47,7 @@ class MyEngine(Engine):
         self._connections: dict[int, MyClient] = {}
         self._next_connection_id = 1
         self._baselines: dict[Any, dict[str, Optional[str]]] = {}
+        self._shared_states: dict[tuple, dict[str, Optional[str]]] = {}  # see shared_state
         self._known_databases: set[tuple[str, str]] = set()
 
     def apply_config(self, config: ProxyConfig) -> None:
@@ -122,6 +125,20 @@ class MyEngine(Engine):
         rows = await backend.query(READ_STATE_SQL)
         return dict(zip(("database", *TRACKED_VARIABLES), rows[0]))
 
+    def shared_state(self, state: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
+        """One dict object for every session in this state (never changed in place: state changes replace it).
+
+        A client's wanted state and a backend's applied one are then usually the same object, and the check on
+        every borrow (MyClient.sync_sql) is a pointer comparison instead of comparing some fifteen variables.
+        """
+        key = tuple(state.items())
+        shared = self._shared_states.get(key)
+        if shared is None:
+            if len(self._shared_states) >= MAX_SHARED_STATES:
+                return state
+            shared = self._shared_states[key] = state
+        return shared
+
     def baseline(self, key: Any) -> dict[str, Optional[str]]:
         return dict(self._baselines.get(key, {}))
 
@@ -134,7 +151,7 @@ class MyEngine(Engine):
         try:
             if database is not None and backend.applied.get("database") != database:
                 await backend.command(p.COM_INIT_DB, bytes([p.COM_INIT_DB]) + database.encode())
-                backend.applied["database"] = database
+                backend.applied = {**backend.applied, "database": database}  # never changed in place: shared
         except BaseException:
             if backend.broken:
                 self.discard_backend(backend)
