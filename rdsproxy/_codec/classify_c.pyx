@@ -13,8 +13,15 @@ from libc.string cimport memchr, memcmp
 cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
 
-# Rare statement-level helpers: plain Python shared with the pure twin.
-from .classify_py import MYSQL_TRIGGER_WORDS, PG_TRIGGER_WORDS, mysql_lex_options, mysql_select_of_session_functions, mysql_session_function_items, parse_kill
+# Rare statement-level helpers, and the trigger words: plain Python shared with the pure twin.
+from .classify_py import (
+    MYSQL_TRIGGER_WORDS,
+    PG_TRIGGER_WORDS,
+    mysql_lex_options,
+    mysql_select_of_session_functions,
+    mysql_session_function_items,
+    parse_kill,
+)
 
 __all__ = [
     "DOT",
