@@ -445,13 +445,24 @@ async def test_300_clients_multiplex_onto_10_backends(server: MariaDBServer) -> 
         async def proxy_backends() -> float:
             return metric(proxy, "DatabaseConnections")
 
+        busiest: list[Any] = []  # the server's app sessions when server_sessions last saw its peak
+
         async def server_sessions() -> float:
-            # every app session but the proxy's health check; the check may have reconnected meanwhile
-            return await fetch_value(
-                watcher,
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
-                f" WHERE USER = 'app' AND ID <> {getattr(target.monitor, 'thread_id', 0)}",
-            )
+            # Every app session but the proxy's health check. While the check reconnects, its new session exists
+            # before the proxy knows its id: such a sample cannot tell the two apart, and is skipped.
+            monitor = target.monitor
+            monitor_id = getattr(monitor, "thread_id", 0)
+            async with watcher.cursor() as cursor:
+                await cursor.execute(
+                    "SELECT ID, COMMAND, STATE, LEFT(INFO, 40) FROM information_schema.PROCESSLIST WHERE USER = 'app'"
+                )
+                rows = await cursor.fetchall()
+            if not monitor_id or target.monitor is not monitor:
+                return 0
+            sessions = [row for row in rows if row[0] != monitor_id]
+            if len(sessions) > len(busiest):
+                busiest[:] = sessions
+            return len(sessions)
 
         async def all_server_sessions() -> float:
             return await fetch_value(
@@ -530,7 +541,7 @@ async def test_300_clients_multiplex_onto_10_backends(server: MariaDBServer) -> 
 
         assert proxy_peak.samples > 10 and server_peak.samples > 10
         assert proxy_peak.peak <= 10
-        assert 2 <= server_peak.peak <= 10
+        assert 2 <= server_peak.peak <= 10, f"the server's app sessions at the peak: {busiest}"
         assert all_sessions_peak.peak <= 10 + 1  # and the health check
         metrics = proxy.metrics()
         # aiomysql and PyMySQL sessions differ in capabilities, so they need backends of their own: idle ones of
