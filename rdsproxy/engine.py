@@ -28,6 +28,17 @@ MAX_SHARED_KEYS = 10_000
 AUTHENTICATION_TIMEOUT = 60.0
 
 
+def shared_copy(table: dict[Any, Any], key: Any, value: Any, limit: int) -> Any:
+    """The object stored in `table` under `key`, storing `value` there first if there is none and `table` holds
+    fewer than `limit` (beyond it, `value` itself: sharing is a saving, not a promise)."""
+    shared = table.get(key)
+    if shared is None:
+        if len(table) >= limit:
+            return value
+        shared = table[key] = value
+    return shared
+
+
 class ProbeResult:
     """What a health probe learned about a target."""
 
@@ -87,12 +98,7 @@ class Engine:
         Ten thousand idle clients of one user would otherwise each hold their own user and database strings and
         tuple; only authenticated clients' keys are shared, and only a bounded number of them.
         """
-        shared = self._shared_keys.get(key)
-        if shared is None:
-            if len(self._shared_keys) >= MAX_SHARED_KEYS:
-                return key
-            shared = self._shared_keys[key] = key
-        return shared
+        return shared_copy(self._shared_keys, key, key, MAX_SHARED_KEYS)
 
     def client_factory(self, endpoint_name: str) -> Any:
         stats = self.metrics.endpoint(endpoint_name)

@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..client import SHUTDOWN
-from ..engine import Engine, MonitorOwner, ProbeResult
+from ..engine import Engine, MonitorOwner, ProbeResult, shared_copy
 from ..protocol.mysql import packets as p
 from ..protocol.mysql.session import READ_STATE_SQL, TRACKED_VARIABLES
 from . import backend as my_backend
@@ -131,13 +131,7 @@ class MyEngine(Engine):
         A client's wanted state and a backend's applied one are then usually the same object, and the check on
         every borrow (MyClient.sync_sql) is a pointer comparison instead of comparing some fifteen variables.
         """
-        key = tuple(state.items())
-        shared = self._shared_states.get(key)
-        if shared is None:
-            if len(self._shared_states) >= MAX_SHARED_STATES:
-                return state
-            shared = self._shared_states[key] = state
-        return shared
+        return shared_copy(self._shared_states, tuple(state.items()), state, MAX_SHARED_STATES)
 
     def baseline(self, key: Any) -> dict[str, Optional[str]]:
         return dict(self._baselines.get(key, {}))
