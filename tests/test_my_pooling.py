@@ -1262,6 +1262,40 @@ async def test_last_insert_id_and_row_count_answer_for_the_clients_own_writes(se
         assert list(map(int, summary.split())) == [inserters * INSERT_ROUNDS] * 3
 
 
+async def test_a_state_sync_does_not_pass_for_a_last_insert_id_sync(server: MariaDBServer) -> None:
+    """A backend synced only for session variables keeps the LAST_INSERT_ID it had: the proxy must not record the
+    client's value on it, or the client's next LAST_INSERT_ID() there would read another session's value."""
+    await asyncio.to_thread(server.sql, "TRUNCATE parents; TRUNCATE children", database=APP)
+    async with pooled_proxy(server, pool_size=2) as proxy:
+        writer = await connect_aiomysql(proxy, server)
+        other_state = await connect_aiomysql(proxy, server)
+        holder = await connect_aiomysql(proxy, server)
+        # holder keeps one backend while other_state leaves its time zone on the second one (idle backends are
+        # handed out warmest first)
+        await holder.begin()
+        held = await thread_id(holder)
+        await execute(other_state, "SET time_zone = '+05:00'")
+        assert await fetch_value(other_state, "SELECT @@time_zone") == "+05:00"
+        await holder.commit()
+        # the writer inserts on the first backend, then holder takes it back
+        async with writer.cursor() as cursor:
+            await cursor.execute("INSERT INTO parents (owner) VALUES (1)")
+            parent = cursor.lastrowid
+        assert parent > 0
+        await holder.begin()
+        assert await thread_id(holder) == held
+        # the writer's next statements can only run on the second backend: a time zone sync first, then a write
+        # that reads LAST_INSERT_ID() on the server (a bare SELECT LAST_INSERT_ID() the proxy answers itself)
+        assert await fetch_value(writer, "SELECT @@time_zone") != "+05:00"
+        async with writer.cursor() as cursor:
+            await cursor.execute("INSERT INTO children (parent_id, owner) VALUES (LAST_INSERT_ID(), 1)")
+            child = cursor.lastrowid
+        assert await thread_id(writer) != held
+        assert await fetch_value(writer, f"SELECT parent_id FROM children WHERE id = {child}") == parent
+        await holder.commit()
+        close_all([writer, other_state, holder])
+
+
 async def test_connection_id_is_the_clients_own_proxy_connection_id(server: MariaDBServer) -> None:
     # The handshake gives each client a proxy-issued id, the one KILL through the proxy acts on. CONNECTION_ID()
     # must say the same: a client that reads it to KILL its own query later must not hit another client.

@@ -73,6 +73,8 @@ PROXY_CAPABILITIES = (
 
 # The largest packet a client may send before it is authenticated, and after (a 16 MB+ query must work).
 MAX_SETUP_PACKET = 64 * 1024
+# A sync plan's step that sets LAST_INSERT_ID() on the backend (its payload: the value, as ASCII digits).
+SET_LAST_INSERT_ID = -1
 MAX_CLIENT_PACKET = 256 * 1024 * 1024
 
 ERRORS = {  # neutral kind -> (MySQL error number, SQLSTATE)
@@ -326,19 +328,22 @@ class MyClient(ClientConnection):
             plan.append((p.COM_QUERY, sets))
         if self.session.reads_last_insert_id and backend.last_insert_id != self.session.last_insert_id:
             # the statement asks for LAST_INSERT_ID(): make this backend answer with the client's own value
-            plan.append((p.COM_QUERY, b"SELECT LAST_INSERT_ID(%d)" % self.session.last_insert_id))
+            plan.append((SET_LAST_INSERT_ID, b"%d" % self.session.last_insert_id))
         return plan or None
 
     async def apply_sync(self, backend: MyBackend, plan: list[tuple[int, bytes]]) -> None:
         for command, payload in plan:
-            if command == p.COM_QUERY:
+            if command == SET_LAST_INSERT_ID:
+                await backend.query(b"SELECT LAST_INSERT_ID(%s)" % payload)
+                # recorded only once set: a sync of session variables alone leaves the backend's value as it was
+                backend.last_insert_id = int(payload)
+            elif command == p.COM_QUERY:
                 await backend.query(payload)
             else:
                 await backend.command(command, payload)
 
     def synced(self, backend: MyBackend) -> None:
         backend.applied = self.session.wanted  # shared: neither is ever changed in place
-        backend.last_insert_id = self.session.last_insert_id
 
     def invalid_settings(self, exc: InternalQueryError) -> None:
         # e.g. the current database was dropped meanwhile: the command fails, the client stays
