@@ -831,7 +831,9 @@ cdef unsigned char LOWER[256]
 cdef TriggerSet PG_TRIGGERS
 cdef TriggerSet MYSQL_TRIGGERS
 cdef TriggerSet MYSQL_PLAIN_TRIGGERS  # MYSQL_TRIGGER_WORDS and connection_id: what mysql_plain_query looks for
-_MYSQL_PLAIN_TRIGGER_WORDS = MYSQL_TRIGGER_WORDS + (b"connection_id",)
+cdef TriggerSet CONNECTION_ID_TRIGGERS
+_CONNECTION_ID = (b"connection_id",)
+_MYSQL_PLAIN_TRIGGER_WORDS = MYSQL_TRIGGER_WORDS + _CONNECTION_ID
 
 
 cdef void init_trigger_set(TriggerSet* triggers, tuple words) except *:
@@ -866,6 +868,7 @@ cdef void init_trigger_words() except *:
     init_trigger_set(&PG_TRIGGERS, PG_TRIGGER_WORDS)
     init_trigger_set(&MYSQL_TRIGGERS, MYSQL_TRIGGER_WORDS)
     init_trigger_set(&MYSQL_PLAIN_TRIGGERS, _MYSQL_PLAIN_TRIGGER_WORDS)
+    init_trigger_set(&CONNECTION_ID_TRIGGERS, _CONNECTION_ID)
 
 
 init_trigger_words()
@@ -1524,29 +1527,12 @@ cdef int classify_mysql_span(const unsigned char* s, Py_ssize_t n, int options) 
     return classify_mysql_tokens(s, n, options)
 
 
-cdef bint mentions_connection_id(const unsigned char* p, Py_ssize_t size) noexcept nogil:
-    """Whether p[:size] contains "connection_id" in any ASCII case (what bytes.lower() then `in` would find)."""
-    cdef const char* word = b"connection_id"
-    cdef Py_ssize_t i, k
-    cdef unsigned char c
-    for i in range(size - 12):
-        for k in range(13):
-            c = p[i + k]
-            if 65 <= c <= 90:
-                c += 32
-            if c != <unsigned char>word[k]:
-                break
-        else:
-            return True
-    return False
-
-
 cdef bint mysql_plain_query(const unsigned char* s, Py_ssize_t n) noexcept:
     """Whether the n bytes at s are query text with no flags (default lexer options) that does not mention
     CONNECTION_ID: what myframe's take_command forwards as it is. One search for both in the common case."""
     if not trigger_in(&MYSQL_PLAIN_TRIGGERS, s, n):
         return True
-    return not mentions_connection_id(s, n) and classify_mysql_span(s, n, OPT_MYSQL) == 0
+    return not trigger_in(&CONNECTION_ID_TRIGGERS, s, n) and classify_mysql_span(s, n, OPT_MYSQL) == 0
 
 
 cdef int classify_mysql_tokens(const unsigned char* s, Py_ssize_t n, int options) noexcept:

@@ -317,7 +317,8 @@ class MyClient(ClientConnection):
         ):
             # the common case, checked on every borrow without building anything; an equal state is adopted, so
             # that the next check is a pointer comparison (states are shared, see MyEngine.shared_state)
-            backend.applied = wanted
+            if applied is not wanted:
+                backend.applied = wanted
             return None
         plan: list[tuple[int, bytes]] = []
         database = wanted.get("database")
