@@ -1296,6 +1296,49 @@ async def test_a_state_sync_does_not_pass_for_a_last_insert_id_sync(server: Mari
         close_all([writer, other_state, holder])
 
 
+@pytest.mark.parametrize(
+    ("setter", "expected"),
+    [
+        ("SELECT LAST_INSERT_ID(42)", 42),
+        ("DO LAST_INSERT_ID(42)", 42),
+        ("UPDATE parents SET owner = LAST_INSERT_ID(42)", 42),
+        # no row, so the expression never runs: the client's own value (none yet) stays, not the backend's
+        ("UPDATE parents SET owner = LAST_INSERT_ID(42) WHERE false", 0),
+    ],
+)
+async def test_last_insert_id_set_by_an_expression_follows_the_client(
+    server: MariaDBServer, setter: str, expected: int
+) -> None:
+    """LAST_INSERT_ID(expr) sets the session's value to expr, and no OK packet need report it (a SELECT answers
+    with rows, an UPDATE that matches nothing reports 0): the client's later LAST_INSERT_ID() must answer what a
+    direct connection would, on whichever backend it runs."""
+    await asyncio.to_thread(
+        server.sql, "TRUNCATE parents; TRUNCATE children; INSERT INTO parents (owner) VALUES (1)", database=APP
+    )
+    async with pooled_proxy(server, pool_size=2) as proxy:
+        other = await connect_aiomysql(proxy, server)
+        setter_client = await connect_aiomysql(proxy, server)
+        holder = await connect_aiomysql(proxy, server)
+        # another session leaves its own value on the backend first (idle backends are handed out warmest first)
+        await execute(other, "SELECT LAST_INSERT_ID(99)")
+        used = await thread_id(other)
+        await execute(setter_client, setter)
+        assert await thread_id(setter_client) == used
+        # the backend the value was set on is busy now: what follows runs on the other one
+        await holder.begin()
+        assert await thread_id(holder) == used
+        assert await fetch_value(setter_client, "SELECT LAST_INSERT_ID()") == expected
+        async with setter_client.cursor() as cursor:
+            await cursor.execute("INSERT INTO children (parent_id, owner) VALUES (LAST_INSERT_ID(), 1)")
+            child = cursor.lastrowid
+        assert await thread_id(setter_client) != used
+        assert await fetch_value(setter_client, f"SELECT parent_id FROM children WHERE id = {child}") == expected
+        assert await fetch_value(other, "SELECT LAST_INSERT_ID()") == 99
+        await holder.commit()
+        assert metric(proxy, "SessionPinningEvents") == 0
+        close_all([other, setter_client, holder])
+
+
 async def test_connection_id_is_the_clients_own_proxy_connection_id(server: MariaDBServer) -> None:
     # The handshake gives each client a proxy-issued id, the one KILL through the proxy acts on. CONNECTION_ID()
     # must say the same: a client that reads it to KILL its own query later must not hit another client.

@@ -110,6 +110,19 @@ def test_a_statement_using_last_insert_id_is_marked_for_replay():
     assert session.reads_last_insert_id
 
 
+def test_last_insert_id_with_an_argument_is_synced_before_and_read_back_after_without_pinning():
+    for sql in (b"SELECT LAST_INSERT_ID(42)", b"UPDATE seq SET id = LAST_INSERT_ID(id + 1) WHERE false"):
+        session = MySession()
+        action = query(session, sql)
+        assert action.kind == FORWARD and not session.pinned, sql
+        # the backend gets the client's value first (the expression may not run), and is asked afterwards
+        assert session.reads_last_insert_id and session.refresh_needed and session.refresh_last_insert_id, sql
+        session.response_done(SERVER_STATUS_AUTOCOMMIT, False)
+        assert not session.releasable  # until the proxy has read the value back
+    query(session, b"SELECT 1")
+    assert not session.reads_last_insert_id
+
+
 def test_session_commands():
     session = MySession()
     assert session.command(p.packet(0, b"\x01"), b"\x01", attached=False).kind == QUIT

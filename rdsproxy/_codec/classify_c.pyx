@@ -87,6 +87,7 @@ cdef enum:
     F_MY_READS_LAST_INSERT_ID = 1 << 27
     F_MY_READS_ROW_COUNT = 1 << 28
     F_MY_KILL = 1 << 29
+    F_MY_SETS_LAST_INSERT_ID = 1 << 30
 
 FLAGS = {
     "PIN_SET": F_PIN_SET,
@@ -114,6 +115,7 @@ MY_FLAGS = {
     "MY_READS_LAST_INSERT_ID": F_MY_READS_LAST_INSERT_ID,
     "MY_READS_ROW_COUNT": F_MY_READS_ROW_COUNT,
     "MY_KILL": F_MY_KILL,
+    "MY_SETS_LAST_INSERT_ID": F_MY_SETS_LAST_INSERT_ID,
 }
 
 # ---------------------------------------------------------------------------------------------- lexer
@@ -1277,6 +1279,8 @@ cdef int my_statement_token(MyStatement* st, int kind, int word, int symbol) noe
     cdef int at = st.at
     cdef int user_variable = st.user_variable
     st.call = M_OTHER
+    if call == M_LAST_INSERT_ID and kind != TK_RPAREN:
+        flags |= F_MY_SETS_LAST_INSERT_ID  # LAST_INSERT_ID(expr)
     if kind == TK_LPAREN:
         if previous == M_GET_LOCK:
             flags |= F_MY_PIN_GET_LOCK

@@ -24,6 +24,7 @@ from .flags import (
     MY_READS_LAST_INSERT_ID,
     MY_READS_ROW_COUNT,
     MY_SET_TRACKED,
+    MY_SETS_LAST_INSERT_ID,
     MY_USE,
     PIN_ADVISORY_LOCK,
     PIN_CURSOR,
@@ -101,6 +102,7 @@ MY_FLAGS = {
     "MY_READS_LAST_INSERT_ID": MY_READS_LAST_INSERT_ID,
     "MY_READS_ROW_COUNT": MY_READS_ROW_COUNT,
     "MY_KILL": MY_KILL,
+    "MY_SETS_LAST_INSERT_ID": MY_SETS_LAST_INSERT_ID,
 }
 
 # ---------------------------------------------------------------------------------------------- lexer
@@ -847,6 +849,8 @@ class _MyStatement:
         previous = self.previous
         call = self.call
         self.call = M_OTHER
+        if call == M_LAST_INSERT_ID and kind != RPAREN:
+            flags |= MY_SETS_LAST_INSERT_ID  # LAST_INSERT_ID(expr)
         if kind == LPAREN:
             if previous == M_GET_LOCK:
                 flags |= MY_PIN_GET_LOCK

@@ -49,6 +49,7 @@ MY_USE = 1 << 26  # not a pin: USE db (the proxy re-reads the current database)
 MY_READS_LAST_INSERT_ID = 1 << 27  # not a pin: LAST_INSERT_ID() without an argument
 MY_READS_ROW_COUNT = 1 << 28  # not a pin: ROW_COUNT() or FOUND_ROWS()
 MY_KILL = 1 << 29  # not a pin: KILL as the first keyword
+MY_SETS_LAST_INSERT_ID = 1 << 30  # not a pin: LAST_INSERT_ID(expr) (the proxy reads the value back)
 
 MY_PIN_REASON_CODES: dict[int, str] = {
     MY_PIN_LOCK_TABLES: "lock_tables",

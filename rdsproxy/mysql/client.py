@@ -34,6 +34,7 @@ from ..protocol.mysql.session import (
     FORWARD,
     KILL,
     QUIT,
+    READ_STATE_AND_LAST_INSERT_ID_SQL,
     READ_STATE_SQL,
     REJECT,
     REPLY,
@@ -383,19 +384,23 @@ class MyClient(ClientConnection):
         if session.refresh_needed and not self._refreshing:
             # cleared now, not when the read-back ends: a SET queued meanwhile must get a read-back of its own
             session.refresh_needed = False
+            with_last_insert_id, session.refresh_last_insert_id = session.refresh_last_insert_id, False
             self._refreshing = True
             self.pending = []
             # the client may answer the forwarded OK at once: COM_RESET_CONNECTION or COM_CHANGE_USER must not
             # take the backend away while the read-back is on it, so its next command waits for the read-back
             self.pause_reading()
-            self._task = asyncio.ensure_future(self._refresh_state(self.backend))  # type: ignore[arg-type]
+            self._task = asyncio.ensure_future(
+                self._refresh_state(self.backend, with_last_insert_id)  # type: ignore[arg-type]
+            )
         elif not self._refreshing:
             self.responses_complete()
 
-    async def _refresh_state(self, backend: MyBackend) -> None:
-        """Read back the tracked variables after a statement that may have changed them (SET, USE, ...)."""
+    async def _refresh_state(self, backend: MyBackend, with_last_insert_id: bool = False) -> None:
+        """Read back the tracked variables after a statement that may have changed them (SET, USE, ...), and the
+        LAST_INSERT_ID() after LAST_INSERT_ID(expr)."""
         try:
-            rows = await backend.query(READ_STATE_SQL)
+            rows = await backend.query(READ_STATE_AND_LAST_INSERT_ID_SQL if with_last_insert_id else READ_STATE_SQL)
         except (InternalQueryError, BackendUnavailable) as exc:
             log.warning("could not read session state back from %s: %s; closing it", backend.address, exc)
             self._refreshing = False
@@ -404,7 +409,12 @@ class MyClient(ClientConnection):
                 backend.transport.abort()  # backend_lost() follows and answers what is queued
             asyncio.get_running_loop().call_soon(self.resume_reading)  # after backend_lost()
             return
-        state = self.engine.shared_state(dict(zip(("database", *TRACKED_VARIABLES), rows[0])))
+        values = rows[0]
+        if with_last_insert_id:
+            # the client's own value now, and this backend's: a later LAST_INSERT_ID() here needs no sync
+            self.session.last_insert_id = backend.last_insert_id = int(values[-1])
+            values = values[:-1]
+        state = self.engine.shared_state(dict(zip(("database", *TRACKED_VARIABLES), values)))
         self.session.wanted = state
         backend.applied = state
         self._refreshing = False

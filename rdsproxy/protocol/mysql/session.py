@@ -16,6 +16,7 @@ from ..._codec.flags import (
     MY_READS_LAST_INSERT_ID,
     MY_READS_ROW_COUNT,
     MY_SET_TRACKED,
+    MY_SETS_LAST_INSERT_ID,
     MY_USE,
 )
 from ..._codec.myframe_py import MAX_INSPECTED_STATEMENT
@@ -41,6 +42,8 @@ TRACKED_VARIABLES = (
     "query_cache_type",
 )
 READ_STATE_SQL = ("SELECT DATABASE(), " + ", ".join(f"@@session.{name}" for name in TRACKED_VARIABLES)).encode()
+# ... and the value LAST_INSERT_ID(expr) left, after such a statement
+READ_STATE_AND_LAST_INSERT_ID_SQL = READ_STATE_SQL + b", LAST_INSERT_ID()"
 
 # Commands whose response the server does not send.
 NO_RESPONSE = frozenset((p.COM_STMT_CLOSE, p.COM_STMT_SEND_LONG_DATA))
@@ -154,6 +157,7 @@ class MySession:
         "pin_reasons",
         "wanted",
         "refresh_needed",
+        "refresh_last_insert_id",
         "last_insert_id",
         "row_count",
         "reads_last_insert_id",
@@ -171,9 +175,10 @@ class MySession:
         self.pin_reasons: Sequence[str] = ()  # a list once pinned: most sessions never are, and stay smaller
         self.wanted: dict[str, Optional[str]] = {}  # tracked variables (+ "database") this client expects
         self.refresh_needed = False  # a statement in flight may change tracked state: read it back afterwards
+        self.refresh_last_insert_id = False  # ... and it sets LAST_INSERT_ID(expr): read that back too
         self.last_insert_id = 0  # LAST_INSERT_ID() as this client's own statements left it
         self.row_count = -1  # ROW_COUNT() after this client's last statement
-        self.reads_last_insert_id = False  # the command being forwarded calls LAST_INSERT_ID()
+        self.reads_last_insert_id = False  # the command being forwarded calls LAST_INSERT_ID(), with or without expr
         self.exclude_variable_sets = exclude_variable_sets
         self.deprecate_eof = deprecate_eof
         self.failing: Optional[tuple[int, str, str]] = None  # an ERR owed to the next command (lost transaction)
@@ -290,7 +295,14 @@ class MySession:
                     self._pin(reason, sql, action)
         if flags & (MY_SET_TRACKED | MY_USE):
             self.refresh_needed = True
-        self.reads_last_insert_id = bool(flags & MY_READS_LAST_INSERT_ID)
+        if flags & MY_SETS_LAST_INSERT_ID:
+            # no response need report the value (a SELECT answers with rows, an UPDATE matching nothing with 0),
+            # and the client's next statement may run on another backend: the proxy asks this one afterwards
+            self.refresh_needed = True
+            self.refresh_last_insert_id = True
+        # LAST_INSERT_ID(expr) may not run (an UPDATE matching no row) and leave the value as it was: the backend
+        # must hold the client's own value first, as for a read
+        self.reads_last_insert_id = bool(flags & (MY_READS_LAST_INSERT_ID | MY_SETS_LAST_INSERT_ID))
         self.outstanding += 1
         return action
 
@@ -335,6 +347,7 @@ class MySession:
         self.last_insert_id = 0
         self.row_count = -1
         self.refresh_needed = False
+        self.refresh_last_insert_id = False
 
     def fail_outstanding(self, code: int, sqlstate: str, message: str) -> bytes:
         """An ERR for the command in flight (its backend is gone or never came); the client stays connected."""
@@ -344,5 +357,6 @@ class MySession:
         self.outstanding = 0
         self.infile = False
         self.refresh_needed = False
+        self.refresh_last_insert_id = False
         self.status &= ~_HOLDING_STATUS
         return reply
