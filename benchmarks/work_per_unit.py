@@ -3,10 +3,11 @@ cannot move.
 
 `python -m benchmarks.work_per_unit` starts PostgreSQL, then PgBouncer and rdsproxy each under
 `valgrind --tool=callgrind`, and drives them with pgbench: warm-up, counters zeroed, a measured run, counters
-dumped. Wall-clock figures on a shared 2-core VM vary by a quarter between identical runs; instruction counts
-repeat to within a percent, so this is how a change to the login path or the data path shows whether it made
-the proxy do less work. Instructions are not time (a cold cache costs more per instruction), so the throughput
-runner stays the judge of the targets.
+dumped. `--mysql` adds MariaDB and rdsproxy driven by sysbench oltp_point_select (no PgBouncer there).
+Wall-clock figures on a shared 2-core VM vary by a quarter between identical runs; instruction counts repeat to
+within a percent, so this is how a change to the login path or the data path shows whether it made the proxy do
+less work. Instructions are not time (a cold cache costs more per instruction), so the throughput runner stays
+the judge of the targets.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,14 +24,24 @@ from contextlib import ExitStack
 from typing import Optional
 
 from benchmarks.services import PgBouncer, RdsProxyProcess, client_environment
-from benchmarks.throughput import _run_tool, parse_pgbench
-from rdsproxy.testing import PostgresServer, start_postgres
+from benchmarks.throughput import SYSBENCH_TABLE_SIZE, _run_tool, parse_pgbench, parse_sysbench
+from rdsproxy.testing import MariaDBServer, PostgresServer, start_mariadb, start_postgres
 
 POOL_SIZE = 20
 PG_MAX_CONNECTIONS = 64
 WARM_UP = 30  # logins or transactions before the counters are zeroed: caches, pools and the welcome are settled
+MARIADB_MAX_CONNECTIONS = 201  # (201 - 1 health check) / 10 = 20: rdsproxy's pool is POOL_SIZE
 LOGINS = 200
 TRANSACTIONS = 2000
+BUSY_TRANSACTIONS = 20000  # at -c 20: most wake-ups find several clients' requests, as in the -c 20 target
+QUERIES = 20000
+# (unit, pgbench arguments, measured count): one client per login, one persistent client, then 20 of them
+PG_UNITS = (
+    ("login", ["-C", "-c", "1"], LOGINS),
+    ("transaction -c 1", ["-c", "1"], TRANSACTIONS),
+    ("transaction -c 20", ["-c", "20", "-j", "2"], BUSY_TRANSACTIONS),
+)
+MYSQL_UNITS = ("query ps=disable", "query ps=auto")
 
 
 def callgrind_prefix(directory: str) -> list[str]:
@@ -70,17 +82,61 @@ def _instructions(directory: str, pid: int) -> int:
 
 
 def measure(server: PostgresServer, port: int, pid: int, directory: str, os_user: Optional[str]) -> dict[str, float]:
-    """Instructions per login (pgbench -C, one client) and per transaction (one persistent client)."""
+    """Instructions per login (pgbench -C, one client) and per transaction (one client, then 20)."""
     figures = {}
-    for unit, arguments, count in (
-        ("login", ["-C", "-c", "1"], LOGINS),
-        ("transaction", ["-c", "1"], TRANSACTIONS),
-    ):
+    for unit, arguments, count in PG_UNITS:
         _pgbench(server, port, ["-n", "-S", *arguments, "-t", str(WARM_UP)])
         _control("-z", pid, os_user)
-        _pgbench(server, port, ["-n", "-S", *arguments, "-t", str(count)])
+        # -t is per client: the measured run has `count` transactions in all
+        clients = int(arguments[arguments.index("-c") + 1])
+        _pgbench(server, port, ["-n", "-S", *arguments, "-t", str(count // clients)])
         _control("-d", pid, os_user)
         figures[unit] = _instructions(directory, pid) / count
+    return figures
+
+
+def _sysbench(server: MariaDBServer, port: int, arguments: list[str], command: str = "run") -> int:
+    """Run sysbench oltp_point_select against `port`; the number of queries it ran (raise on any failure)."""
+    argv = [
+        "sysbench",
+        "oltp_point_select",
+        *arguments,
+        "--db-driver=mysql",
+        f"--mysql-host={server.host}",
+        f"--mysql-port={port}",
+        f"--mysql-user={server.app_user}",
+        f"--mysql-password={server.app_password}",
+        f"--mysql-db={server.app_database}",
+        "--mysql-ssl=off",
+        "--tables=1",
+        f"--table-size={SYSBENCH_TABLE_SIZE}",
+        "--time=0",
+        "--report-interval=0",
+        command,
+    ]
+    code, output = _run_tool(argv, client_environment(), timeout=1200)
+    if command != "run":
+        if code != 0 or "FATAL" in output:
+            raise RuntimeError(f"sysbench {command} failed: {output[-800:]}")
+        return 0
+    failure = parse_sysbench(code, output).failure
+    queries = re.search(r"queries:\s+(\d+)", output)
+    if failure or queries is None:
+        raise RuntimeError(f"sysbench {' '.join(arguments)} failed ({failure}): {output[-800:]}")
+    return int(queries.group(1))
+
+
+def measure_mysql(server: MariaDBServer, port: int, pid: int, directory: str) -> dict[str, float]:
+    """Instructions per sysbench point select at 20 threads, with text queries and with prepared statements."""
+    figures = {}
+    for unit in MYSQL_UNITS:
+        mode = unit.rsplit("=", 1)[1]
+        common = ["--threads=20", f"--db-ps-mode={mode}"]
+        _sysbench(server, port, [*common, f"--events={WARM_UP * 20}"])
+        _control("-z", pid, None)
+        queries = _sysbench(server, port, [*common, f"--events={QUERIES}"])
+        _control("-d", pid, None)
+        figures[unit] = _instructions(directory, pid) / queries
     return figures
 
 
@@ -91,20 +147,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         action="store_true",
         help="keep the callgrind dumps (one per unit and proxy) for callgrind_annotate, and print where they are",
     )
+    parser.add_argument(
+        "--mysql", action="store_true", help="also count rdsproxy's instructions per sysbench point select (MariaDB)"
+    )
     options = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind (with callgrind_control) is needed: apt-get install valgrind", file=sys.stderr)
         return 2
     results: dict[str, dict[str, float]] = {}
     with ExitStack() as stack:
-        server = stack.enter_context(start_postgres(max_connections=PG_MAX_CONNECTIONS))
-        _pgbench(server, server.port, ["-i", "-s", "1", "-q"])
-        for name in ("pgbouncer", "rdsproxy"):
+
+        def dump_directory(name: str) -> str:
             directory = tempfile.mkdtemp(prefix=f"callgrind-{name}.", dir="/tmp")
             if options.keep:
                 stack.callback(print, f"  {name}: callgrind dumps kept in {directory}")
             else:
                 stack.callback(shutil.rmtree, directory, True)
+            return directory
+
+        server = stack.enter_context(start_postgres(max_connections=PG_MAX_CONNECTIONS))
+        _pgbench(server, server.port, ["-i", "-s", "1", "-q"])
+        for name in ("pgbouncer", "rdsproxy"):
+            directory = dump_directory(name)
             if name == "pgbouncer":
                 proxy = PgBouncer(server, pool_size=POOL_SIZE, command_prefix=callgrind_prefix(directory))
                 os_user = proxy.os_user
@@ -116,20 +180,36 @@ def main(argv: Optional[list[str]] = None) -> int:
             with proxy:
                 print(f"  {name}: running under callgrind ...", flush=True)
                 results[name] = measure(server, proxy.port, proxy.pid, directory, os_user)
+        if options.mysql:
+            mariadb = stack.enter_context(start_mariadb(max_connections=MARIADB_MAX_CONNECTIONS))
+            _sysbench(mariadb, mariadb.port, ["--threads=1"], "prepare")
+            directory = dump_directory("rdsproxy-mysql")
+            with RdsProxyProcess(mariadb, pool_size=POOL_SIZE, command_prefix=callgrind_prefix(directory)) as proxy:
+                print("  rdsproxy (MySQL): running under callgrind ...", flush=True)
+                results["rdsproxy"].update(measure_mysql(mariadb, proxy.port, proxy.pid, directory))
     print(render(results))
     return 0
 
 
 def render(results: dict[str, dict[str, float]]) -> str:
     lines = [
-        f"instructions per unit, counted by callgrind ({LOGINS} logins with pgbench -S -C -c 1; "
-        f"{TRANSACTIONS} transactions of pgbench -S -c 1 on one connection; after {WARM_UP} of each to warm up)",
+        f"instructions per unit, counted by callgrind after {WARM_UP} of each to warm up: {LOGINS} logins with "
+        f"pgbench -S -C -c 1; {TRANSACTIONS} transactions of pgbench -S -c 1 on one connection; "
+        f"{BUSY_TRANSACTIONS} of pgbench -S -c 20 -j 2"
+        + (
+            f"; {QUERIES} queries of sysbench oltp_point_select --threads=20"
+            if "query ps=auto" in results["rdsproxy"]
+            else ""
+        ),
         "",
-        f"{'unit':<13}{'pgbouncer':>12}{'rdsproxy':>12}{'rds/pgb':>10}",
+        f"{'unit':<20}{'pgbouncer':>12}{'rdsproxy':>12}{'rds/pgb':>10}",
     ]
-    for unit in ("login", "transaction"):
-        pgb, rds = results["pgbouncer"][unit], results["rdsproxy"][unit]
-        lines.append(f"{unit:<13}{pgb:>12,.0f}{rds:>12,.0f}{rds / pgb:>10.2f}")
+    for unit, rds in results["rdsproxy"].items():
+        pgb = results["pgbouncer"].get(unit)
+        if pgb is None:
+            lines.append(f"{unit:<20}{'-':>12}{rds:>12,.0f}{'-':>10}")
+        else:
+            lines.append(f"{unit:<20}{pgb:>12,.0f}{rds:>12,.0f}{rds / pgb:>10.2f}")
     return "\n".join(lines)
 
 
