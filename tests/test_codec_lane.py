@@ -35,7 +35,7 @@ from rdsproxy._codec.myframe_py import AFFECTED_SHIFT, DONE_BIT  # feed_done's p
 from rdsproxy.errors import ProtocolViolation
 from rdsproxy.mysql.client import MAX_CLIENT_PACKET, MAX_SETUP_PACKET
 from rdsproxy.pg.backend import _FORWARD_INTERESTING
-from rdsproxy.protocol.mysql.session import MySession
+from rdsproxy.protocol.mysql.session import MY_SESSION_SLOTS, MySessionRules
 
 KEY = ("app", "app")
 BORROW_TIMEOUT = 5.0
@@ -129,6 +129,12 @@ def make_lanes(impl) -> SimpleNamespace:
             self.DatabaseConnectionsCurrentlyBorrowed = 0
             self.DatabaseConnectionsBorrowLatency = Latency()
             self.QueryDatabaseResponseLatency = Latency()
+
+    class MySession(MySessionRules, myframe.MyRequestState):
+        """The real MySession's rules on this implementation's request state (MySession itself is on the active
+        one's, the pure one under RDSPROXY_NO_EXTENSIONS)."""
+
+        __slots__ = MY_SESSION_SLOTS
 
     class Session(pgframe.PgRequestState):
         """A Python subclass, as PgSession is: the lane must see through it to the typed state."""
@@ -264,7 +270,7 @@ def make_lanes(impl) -> SimpleNamespace:
         Session=Session,
         EndpointStats=EndpointStats,
         ready_framer=ready_framer,
-        # the same world for MySQL, for Rig(lanes.my): the real MySession, MyClient's framer and MyBackend's scanner
+        # the same world for MySQL, for Rig(lanes.my): MySession's rules, MyClient's framer and MyBackend's scanner
         my=SimpleNamespace(
             lane=lane,
             Client=MyClient,

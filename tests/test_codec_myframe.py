@@ -908,3 +908,50 @@ def test_feed_done_tells_what_feed_tells(impl, script, cuts):
             assert hot.take_events() == events != []
         for name in ("at_boundary", "idle", "outstanding", "last_status", "last_affected_rows", "last_insert_id"):
             assert getattr(hot, name) == getattr(plain, name), name
+
+
+# ---------------------------------------------------------------------------------------------- MyRequestState
+def test_request_state_starts_quiet_releasable_and_in_autocommit(impl):
+    state = impl.MyRequestState()
+    assert (state.outstanding, state.status, state.row_count, state.failing, state.wanted) == (
+        0,
+        AUTOCOMMIT,
+        -1,
+        None,
+        {},
+    )
+    assert not (state.infile or state.pinned or state.refresh_needed or state.refresh_last_insert_id)
+    assert not state.reads_last_insert_id
+    assert state.quiet and state.releasable and not state.in_transaction
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "quiet"),
+    [
+        ("outstanding", 1, False),
+        ("infile", True, False),
+        ("status", AUTOCOMMIT | IN_TRANS, False),
+        ("status", AUTOCOMMIT | 0x0008, False),  # more results to come
+        ("status", AUTOCOMMIT | 0x0040, False),  # an open cursor
+        ("status", AUTOCOMMIT | IN_TRANS_READONLY, True),
+        ("pinned", True, True),
+        ("refresh_needed", True, True),
+    ],
+)
+def test_request_state_keeps_its_backend_while_anything_holds_it(impl, field, value, quiet):
+    state = impl.MyRequestState()
+    setattr(state, field, value)
+    assert getattr(state, field) == value
+    assert state.quiet is quiet
+    assert state.releasable is (quiet and field == "status")
+    assert state.in_transaction is bool(state.status & IN_TRANS)
+
+
+def test_request_state_subclass_adds_fields(impl):
+    class Session(impl.MyRequestState):
+        __slots__ = ("extra",)
+
+    session = Session()
+    session.extra = 1
+    session.outstanding = 2
+    assert (session.extra, session.outstanding, session.releasable) == (1, 2, False)

@@ -44,6 +44,10 @@ class CodecSet(NamedTuple):
         return self.myframe.MyResponseScanner
 
     @property
+    def MyRequestState(self) -> type:
+        return self.myframe.MyRequestState
+
+    @property
     def classify_mysql(self) -> Callable[..., int]:
         return self.classify.classify_mysql
 
@@ -104,6 +108,7 @@ parse_startup = ACTIVE.pgframe.parse_startup
 classify_pg = ACTIVE.classify.classify_pg
 MyClientFramer = ACTIVE.myframe.MyClientFramer
 MyResponseScanner = ACTIVE.myframe.MyResponseScanner
+MyRequestState = ACTIVE.myframe.MyRequestState
 packet_payload = ACTIVE.myframe.packet_payload
 classify_mysql = ACTIVE.classify.classify_mysql
 mysql_session_function_items = ACTIVE.classify.mysql_session_function_items
@@ -133,6 +138,7 @@ __all__ = [
     "EndpointCounters",
     "Latency",
     "MyClientFramer",
+    "MyRequestState",
     "MyResponseScanner",
     "PgRequestState",
     "PoolLane",

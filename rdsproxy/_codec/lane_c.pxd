@@ -67,6 +67,7 @@ cdef class ClientLane:
     cdef public bint writing_paused
     cdef public bint draining
     cdef public list expects  # MySQL: (command, cursor) of requests sent while no backend's scanner could expect them
+    cdef public bint _refreshing  # MySQL: the proxy reads session state back on the backend (MyClient)
     cdef int _forward(self, data) except -1
     cdef int _borrow_and_send(self, data) except -1
     cdef int _take(self, BackendLane backend) except -1

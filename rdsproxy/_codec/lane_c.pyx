@@ -13,6 +13,7 @@ try_borrow, give_back and ReadyForQuery accounting directly, so overriding them 
 
 from cpython.bytearray cimport PyByteArray_GET_SIZE
 
+from .myframe_c cimport MyClientFramer, MyRequestState, MyResponseScanner
 from .pgframe_c cimport ClientFramer, PgRequestState, ServerScanner
 
 cdef extern from "<time.h>" nogil:
@@ -181,8 +182,16 @@ cdef class ClientLane:
         return 0
 
     cdef bint _in_sync(self, BackendLane backend) except -1:
+        cdef MyRequestState my
         if self.wanted is not None:
             return backend.applied == self.wanted  # the common case, checked without building anything
+        session = self.session
+        if isinstance(session, MyRequestState):
+            my = <MyRequestState>session
+            # MyClient.sync_sql's common case without its call: MySQL states are shared dicts (never changed in
+            # place), and a backend adopts the client's when they are equal
+            if backend.applied is my.wanted and not my.reads_last_insert_id:
+                return True
         return self.sync_sql(backend) is None
 
     def attach(self, BackendLane backend not None):
@@ -200,7 +209,7 @@ cdef class ClientLane:
             # the replies to the requests queued meanwhile are what this backend's scanner must now expect
             scanner = backend.scanner
             for command, cursor in self.expects:
-                scanner.expect(command, cursor=cursor)
+                (<MyResponseScanner?>scanner)._expect(command, cursor)
             del self.expects[:]
         return 0
 
@@ -238,6 +247,8 @@ cdef class ClientLane:
         if isinstance(session, PgRequestState):
             pg = <PgRequestState>session
             return pg.outstanding == 0 and not pg.batch_open and pg.status == TRANSACTION_IDLE and not pg.pinned
+        if isinstance(session, MyRequestState):
+            return (<MyRequestState>session)._releasable()
         return bool(session.releasable)
 
     # ------------------------------------------------------------------ PostgreSQL
@@ -297,30 +308,29 @@ cdef class ClientLane:
 
     cdef int _my_received(self, data) except -1:
         cdef double now = _now()
-        cdef long long taken
-        cdef int command
+        cdef int taken, command
         cdef bint cursor
         cdef BackendLane backend
+        cdef MyRequestState session
         self.last_activity = now
         if self.state == CLIENT_READY:
             try:
-                session = self.session
+                session = <MyRequestState?>self.session
                 if session.failing is None and not session.infile:
-                    taken = self.framer.take_command(data)
+                    taken = (<MyClientFramer?>self.framer)._take_command(data)
                     if taken >= 0:
                         command = taken & 0xFF
                         cursor = taken > 0xFF
                         if command == MY_COM_QUERY:
                             session.reads_last_insert_id = False
-                        outstanding = session.outstanding + 1
-                        session.outstanding = outstanding
+                        session.outstanding += 1
                         self.stats.QueryRequests += 1
                         self.stats.QueryRequestsNoTLS += 1
-                        if outstanding == 1:
+                        if session.outstanding == 1:
                             self.request_started = now
                         backend = self.backend
                         if backend is not None and self.pending is None:
-                            backend.scanner.expect(command, cursor=cursor)
+                            (<MyResponseScanner?>backend.scanner)._expect(command, cursor)
                             _write(backend.transport, data)
                         else:
                             self.expects.append((command, cursor))
@@ -338,12 +348,11 @@ cdef class ClientLane:
         self._my_response_ok(done)
 
     cdef int _my_response_ok(self, long long done) except -1:
-        session = self.session
-        outstanding = session.outstanding - 1
-        session.outstanding = outstanding
+        cdef MyRequestState session = <MyRequestState?>self.session
+        session.outstanding -= 1
         session.status = done & 0xFFFF
         session.row_count = (done >> MY_AFFECTED_SHIFT) - 1  # as record_ok would (the insert id is 0)
-        if outstanding <= 0 and not session.infile:
+        if session.outstanding <= 0 and not session.infile:
             if session.refresh_needed or self._refreshing:
                 self._settled()
             else:
@@ -406,7 +415,7 @@ cdef class BackendLane:
             return 0
         try:
             scanner = self.scanner
-            done = scanner.feed_done(data)
+            done = (<MyResponseScanner?>scanner)._feed_done(data)
             _write(client.transport, data)
             if done > 0:  # the hot path: this chunk ended one response with an OK or a result set
                 client._my_response_ok(done)

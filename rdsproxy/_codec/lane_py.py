@@ -104,6 +104,7 @@ class ClientLane:
         "writing_paused",
         "draining",
         "expects",
+        "_refreshing",
     )
 
     def __init__(self) -> None:
@@ -114,6 +115,7 @@ class ClientLane:
         self.last_activity = self.connected_at = self.request_started = self.db_request_started = 0.0
         self.reading_paused = self.writing_paused = self.draining = False
         self.expects: Optional[list] = None  # MySQL: (command, cursor) of requests no backend's scanner expects yet
+        self._refreshing = False  # MySQL: the proxy reads session state back on the backend (MyClient)
 
     # ------------------------------------------------------------------ forwarding requests
     def forward(self, data: bytes) -> None:

@@ -42,19 +42,20 @@ __all__ = [
     "SERVER_STATUS_IN_TRANS_READONLY",
     "SERVER_STATUS_LAST_ROW_SENT",
     "MyClientFramer",
+    "MyRequestState",
     "MyResponseScanner",
     "packet_payload",
 ]
 
 cdef enum:
     MAX_PHYSICAL = 0xFFFFFF  # a physical packet this long is continued by the next one
-    # The most a decision reads of a packet's payload: an OK header with two 9-byte lenenc ints and the status.
-    HEAD_SIZE = 24
     EV_RESPONSE_DONE = 1
     EV_LOCAL_INFILE = 2
     EV_PREPARE_OK = 3
     STATUS_MORE_RESULTS = 0x0008
     STATUS_CURSOR_EXISTS = 0x0040
+    # A session with one of these status flags keeps its backend: a transaction, more results, an open cursor.
+    HOLDING_STATUS = 0x0001 | STATUS_MORE_RESULTS | STATUS_CURSOR_EXISTS
     CMD_STATISTICS = 0x09
     CMD_FIELD_LIST = 0x04
     CMD_STMT_PREPARE = 0x16
@@ -135,13 +136,6 @@ cdef inline Py_ssize_t read_length(const unsigned char* p) noexcept nogil:
 
 cdef class MyClientFramer:
     """Cuts the client->proxy stream into complete logical packets (commands), keeping raw bytes for forwarding."""
-
-    cdef long long _max_packet_size
-    cdef bytearray _held
-    # Held bytes needed before a scan can make progress: lets a large packet arriving in many chunks be
-    # accumulated without rescanning it.
-    cdef Py_ssize_t _need
-    cdef bint _broken
 
     def __init__(self, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
         self._max_packet_size = max_packet_size
@@ -255,6 +249,9 @@ cdef class MyClientFramer:
         COM_STMT_EXECUTE; returns its command byte, with 0x100 added for a COM_STMT_EXECUTE that opens a cursor.
         Otherwise -1, with nothing consumed or changed: feed() and the session's full path handle it.
         """
+        return self._take_command(data)
+
+    cdef int _take_command(self, data) except -2:
         if type(data) is not bytes or self._broken or PyByteArray_GET_SIZE(self._held):
             return -1
         cdef bytes chunk = <bytes>data
@@ -330,33 +327,6 @@ cdef inline unsigned long long read_lenenc(const unsigned char* p, Py_ssize_t si
 cdef class MyResponseScanner:
     """Follows backend->proxy responses: knows where each command's response ends and its final status flags."""
 
-    cdef bint _deprecate_eof
-    cdef bint _cache_metadata
-    cdef object _queue  # deque of (grammar state, cursor) for the commands after the current one
-    cdef int _state
-    cdef bint _cursor
-    cdef long long _count  # definitions still to come in G_COLUMNS / G_PREPARE_DEFINITIONS
-    cdef long long _prepare_columns  # column definitions following the parameter definitions of a prepare
-    cdef long _last_status
-    # Counters of the last OK packet read (an EOF packet has none: affected rows unknown, shown as -1)
-    cdef bint _affected_known
-    cdef unsigned long long _affected_rows
-    cdef unsigned long long _insert_id
-    cdef bint _last_affected_known
-    cdef unsigned long long _last_affected_rows
-    cdef unsigned long long _last_insert_id
-    cdef unsigned char _header[4]  # the first bytes of a physical header split across chunks
-    cdef int _header_len
-    cdef Py_ssize_t _remaining  # payload bytes of the current physical packet still to come
-    cdef Py_ssize_t _physical_length
-    cdef bint _continued  # the next physical packet continues the current logical packet
-    cdef unsigned char _head[HEAD_SIZE]  # the first payload bytes of the current logical packet
-    cdef Py_ssize_t _head_len
-    cdef Py_ssize_t _head_missing
-    cdef Py_ssize_t _first_length  # payload length of the first physical packet of the current logical packet
-    cdef bint _broken
-    cdef list _events  # of the last feed_done() that returned -1
-
     def __init__(self, deprecate_eof: bool, cache_metadata: bool = False) -> None:
         # deprecate_eof: CLIENT_DEPRECATE_EOF negotiated on this connection; cache_metadata: MariaDB's
         # MARIADB_CLIENT_CACHE_METADATA (a column count packet then says whether column definitions follow)
@@ -431,9 +401,14 @@ cdef class MyResponseScanner:
         """A command was sent to the server: queue its response grammar (FIFO; pipelined commands allowed)."""
         if not 0 <= command <= 0xFF:
             raise ValueError(f"command byte {command} is out of range")
-        reason = _UNSCANNABLE_COMMANDS.get(command)
-        if reason is not None:
-            raise ValueError(f"cannot expect a response to command 0x{command:02x}: {reason}")
+        self._expect(command, cursor)
+
+    cdef int _expect(self, int command, bint cursor) except -1:
+        # the dict is asked only for its few commands: the data path expects a COM_QUERY or COM_STMT_EXECUTE
+        if command <= 0x01 or 0x11 <= command <= 0x12 or 0x18 <= command <= 0x19 or command >= 0x1E:
+            reason = _UNSCANNABLE_COMMANDS.get(command)
+            if reason is not None:
+                raise ValueError(f"cannot expect a response to command 0x{command:02x}: {reason}")
         if cursor and command != CMD_STMT_EXECUTE:
             raise ValueError("only COM_STMT_EXECUTE opens a cursor")
         cdef int state
@@ -449,9 +424,10 @@ cdef class MyResponseScanner:
             state = G_RESULT
         if self._state == G_IDLE:
             self._state = state
-            self._cursor = bool(cursor)
+            self._cursor = cursor
         else:
-            self._queue.append((state, bool(cursor)))
+            self._queue.append((state, cursor))
+        return 0
 
     def feed(self, data) -> list:
         """Scans one chunk; returns events (kind, status_flags, end offset in this chunk, extra)."""
@@ -479,6 +455,9 @@ cdef class MyResponseScanner:
         insert id (affected rows -1, i.e. 0 above bit 17, when it ended with a result set); otherwise -1, and
         take_events() returns the events feed() would have.
         """
+        return self._feed_done(data)
+
+    cdef long long _feed_done(self, data) except? -2:
         cdef list events = self._feed(data)
         if not events:
             return 0
@@ -659,7 +638,7 @@ cdef class MyResponseScanner:
         self._finish(self._last_status, 0, end, events)
         return 0
 
-    cdef inline bint _is_terminator(self, Py_ssize_t length) noexcept:
+    cdef bint _is_terminator(self, Py_ssize_t length) noexcept:
         # A text row may start with 0xFE (an 8-byte lenenc length), but then it is at least 9 bytes long, and
         # under CLIENT_DEPRECATE_EOF at least 0xFFFFFF.
         return length < MAX_PHYSICAL if self._deprecate_eof else length < 9
@@ -739,12 +718,12 @@ cdef class MyResponseScanner:
             self._finish(self._last_status, 0, end, events)
         return 0
 
-    cdef inline void _no_counters(self) noexcept:
+    cdef void _no_counters(self) noexcept:
         self._affected_known = False
         self._affected_rows = 0
         self._insert_id = 0
 
-    cdef inline void _zero_counters(self) noexcept:
+    cdef void _zero_counters(self) noexcept:
         self._affected_known = True
         self._affected_rows = 0
         self._insert_id = 0
@@ -762,3 +741,42 @@ cdef class MyResponseScanner:
             self._state = G_IDLE
             self._cursor = False
         return 0
+
+
+cdef class MyRequestState:
+    """The request accounting of one MySQL client session: the fields the compiled data path (lane_c) reads and
+    writes on every command and response, as C fields rather than attribute lookups. MySession adds the rest."""
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self.status = SERVER_STATUS_AUTOCOMMIT
+        self.infile = False
+        self.pinned = False
+        self.refresh_needed = False
+        self.refresh_last_insert_id = False
+        self.reads_last_insert_id = False
+        self.row_count = -1
+        self.failing = None
+        self.wanted = {}
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.status & SERVER_STATUS_IN_TRANS)
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing in flight, no transaction, no open result or cursor: the backend could be handed back."""
+        return self.outstanding == 0 and not self.infile and not self.status & HOLDING_STATUS
+
+    @property
+    def releasable(self) -> bool:
+        return self._releasable()
+
+    cdef bint _releasable(self) noexcept:
+        return (
+            self.outstanding == 0
+            and not self.infile
+            and not self.status & HOLDING_STATUS
+            and not self.pinned
+            and not self.refresh_needed
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Union
+from typing import Optional, Union
 
 from ..errors import ProtocolViolation
 from .classify_py import classify_mysql
@@ -40,6 +40,7 @@ __all__ = [
     "SERVER_STATUS_IN_TRANS_READONLY",
     "SERVER_STATUS_LAST_ROW_SENT",
     "MyClientFramer",
+    "MyRequestState",
     "MyResponseScanner",
     "packet_payload",
 ]
@@ -76,6 +77,8 @@ SERVER_STATUS_IN_TRANS = 0x0001
 SERVER_STATUS_AUTOCOMMIT = 0x0002
 SERVER_MORE_RESULTS_EXISTS = 0x0008
 SERVER_STATUS_CURSOR_EXISTS = 0x0040
+# A session with one of these status flags keeps its backend: a transaction, more results, an open cursor.
+_HOLDING_STATUS = SERVER_STATUS_IN_TRANS | SERVER_MORE_RESULTS_EXISTS | SERVER_STATUS_CURSOR_EXISTS
 SERVER_STATUS_LAST_ROW_SENT = 0x0080
 SERVER_STATUS_IN_TRANS_READONLY = 0x2000
 SERVER_SESSION_STATE_CHANGED = 0x4000
@@ -645,3 +648,52 @@ class MyResponseScanner:
         else:
             self._state = G_IDLE
             self._cursor = False
+
+
+class MyRequestState:
+    """The request accounting of one MySQL client session: the fields the compiled data path (lane_c) reads and
+    writes on every command and response, as C fields rather than attribute lookups. MySession adds the rest."""
+
+    __slots__ = (
+        "outstanding",
+        "status",
+        "infile",
+        "pinned",
+        "refresh_needed",
+        "refresh_last_insert_id",
+        "reads_last_insert_id",
+        "row_count",
+        "failing",
+        "wanted",
+    )
+
+    def __init__(self) -> None:
+        self.outstanding = 0  # commands sent whose response is not complete yet
+        self.status = SERVER_STATUS_AUTOCOMMIT  # server status flags of the last complete response
+        self.infile = False  # the client is streaming a LOCAL INFILE file
+        self.pinned = False
+        self.refresh_needed = False  # a statement in flight may change tracked state: read it back afterwards
+        self.refresh_last_insert_id = False  # ... and it sets LAST_INSERT_ID(expr): read that back too
+        self.reads_last_insert_id = False  # the command being forwarded calls LAST_INSERT_ID(), with or without expr
+        self.row_count = -1  # ROW_COUNT() after this client's last statement
+        self.failing: Optional[tuple[int, str, str]] = None  # an ERR owed to the next command (lost transaction)
+        self.wanted: dict[str, Optional[str]] = {}  # tracked variables (+ "database") this client expects: shared
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.status & SERVER_STATUS_IN_TRANS)
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing in flight, no transaction, no open result or cursor: the backend could be handed back."""
+        return self.outstanding == 0 and not self.infile and not self.status & _HOLDING_STATUS
+
+    @property
+    def releasable(self) -> bool:
+        return (
+            self.outstanding == 0
+            and not self.infile
+            and not self.status & _HOLDING_STATUS
+            and not self.pinned
+            and not self.refresh_needed
+        )

@@ -105,7 +105,6 @@ class MyClient(ClientConnection):
         "_seq",
         "_changing_user",
         "_used_password",
-        "_refreshing",
     )
 
     def __init__(self, engine: MyEngine, endpoint_name: str, stats: EndpointStats) -> None:
@@ -236,6 +235,9 @@ class MyClient(ClientConnection):
     def _authenticated(self) -> None:
         self._auth = None
         self.state = SETUP
+        # one key object for every client of the same kind: the pool's lookup of its idle list is then a pointer
+        # comparison instead of hashing and comparing a tuple (PoolLane._idle_of)
+        self.key = self.engine.shared_key(self.key)
         self.pause_reading()
         self._task = asyncio.ensure_future(self._prepare_session())
 

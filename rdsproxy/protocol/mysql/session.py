@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Optional
 
-from ..._codec import classify_mysql, mysql_session_function_items, parse_kill, tokenize
+from ..._codec import MyRequestState, classify_mysql, mysql_session_function_items, parse_kill, tokenize
 from ..._codec.classify_py import IDENT, LPAREN, MYSQL_LEX_OPTIONS, RPAREN
 from ..._codec.flags import (
     MY_KILL,
@@ -142,68 +142,27 @@ class Action:
         self.argument: object = None  # KILL: (scope, id); CHANGE_USER: the parsed packet
 
 
-class MySession:
+class MySessionRules:
     """Command accounting and session-state decisions for one MySQL client, fed with framed packets.
 
     The adapter offers each client chunk to the compiled fast path first (MyClientFramer.take_command): a lone
     plain COM_QUERY or COM_STMT_EXECUTE is accounted there exactly as `command` would, and only the rest comes here.
+    The counters and flags that path touches are MyRequestState's (C fields in the compiled twin), as are
+    `releasable`, `quiet` and `in_transaction`. MySession puts these rules on the active twin's MyRequestState; a
+    test can put them on either twin's.
     """
 
-    __slots__ = (
-        "outstanding",
-        "status",
-        "infile",
-        "pinned",
-        "pin_reasons",
-        "wanted",
-        "refresh_needed",
-        "refresh_last_insert_id",
-        "last_insert_id",
-        "row_count",
-        "reads_last_insert_id",
-        "exclude_variable_sets",
-        "deprecate_eof",
-        "failing",
-        "connection_id",
-    )
+    __slots__ = ()
 
     def __init__(self, *, exclude_variable_sets: bool = False, deprecate_eof: bool = False) -> None:
-        self.outstanding = 0  # commands sent whose response is not complete yet
-        self.status = SERVER_STATUS_AUTOCOMMIT  # server status flags of the last complete response
-        self.infile = False  # the client is streaming a LOCAL INFILE file
-        self.pinned = False
+        super().__init__()
         self.pin_reasons: Sequence[str] = ()  # a list once pinned: most sessions never are, and stay smaller
-        self.wanted: dict[str, Optional[str]] = {}  # tracked variables (+ "database") this client expects
-        self.refresh_needed = False  # a statement in flight may change tracked state: read it back afterwards
-        self.refresh_last_insert_id = False  # ... and it sets LAST_INSERT_ID(expr): read that back too
         self.last_insert_id = 0  # LAST_INSERT_ID() as this client's own statements left it
-        self.row_count = -1  # ROW_COUNT() after this client's last statement
-        self.reads_last_insert_id = False  # the command being forwarded calls LAST_INSERT_ID(), with or without expr
         self.exclude_variable_sets = exclude_variable_sets
         self.deprecate_eof = deprecate_eof
-        self.failing: Optional[tuple[int, str, str]] = None  # an ERR owed to the next command (lost transaction)
         self.connection_id = 0  # the proxy-issued id of this client (CONNECTION_ID() answers with it)
 
     # ------------------------------------------------------------------ state
-    @property
-    def in_transaction(self) -> bool:
-        return bool(self.status & SERVER_STATUS_IN_TRANS)
-
-    @property
-    def quiet(self) -> bool:
-        return self.outstanding == 0 and not self.infile and not self.status & _HOLDING_STATUS
-
-    @property
-    def releasable(self) -> bool:
-        # `quiet` spelled out: this runs after every response, and a property call is a frame
-        return (
-            self.outstanding == 0
-            and not self.infile
-            and not self.status & _HOLDING_STATUS
-            and not self.pinned
-            and not self.refresh_needed
-        )
-
     @property
     def autocommit(self) -> bool:
         return self.wanted.get("autocommit", "1") != "0"
@@ -360,3 +319,13 @@ class MySession:
         self.refresh_last_insert_id = False
         self.status &= ~_HOLDING_STATUS
         return reply
+
+
+# MySessionRules' own fields, beyond MyRequestState's
+MY_SESSION_SLOTS = ("pin_reasons", "last_insert_id", "exclude_variable_sets", "deprecate_eof", "connection_id")
+
+
+class MySession(MySessionRules, MyRequestState):
+    """One MySQL client's session: MySessionRules on the active codecs' MyRequestState."""
+
+    __slots__ = MY_SESSION_SLOTS
