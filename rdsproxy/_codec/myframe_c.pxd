@@ -50,6 +50,11 @@ cdef class MyResponseScanner:
     cdef Py_ssize_t _first_length  # payload length of the first physical packet of the current logical packet
     cdef bint _broken
     cdef list _events  # of the last feed_done() that returned -1
+    # feed_done's scan keeps one plain response end in C fields, and builds _pending only for anything more
+    cdef list _pending
+    cdef int _done_count
+    cdef long _done_status
+    cdef Py_ssize_t _done_end
 
     cdef int _expect(self, int command, bint cursor) except -1
     cdef list _feed(self, data)
@@ -62,6 +67,7 @@ cdef class MyResponseScanner:
     cdef int _result_end(self, long status, Py_ssize_t end, list events) except -1
     cdef int _next_prepare_block(self, Py_ssize_t end, list events) except -1
     cdef int _finish(self, long status, int failed, Py_ssize_t end, list events) except -1
+    cdef int _emit(self, list events, int kind, long status, Py_ssize_t end, unsigned long long extra) except -1
     cdef bint _is_terminator(self, Py_ssize_t length) noexcept
     cdef void _no_counters(self) noexcept
     cdef void _zero_counters(self) noexcept

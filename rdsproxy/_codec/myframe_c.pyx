@@ -458,21 +458,33 @@ cdef class MyResponseScanner:
         return self._feed_done(data)
 
     cdef long long _feed_done(self, data) except? -2:
-        cdef list events = self._feed(data)
-        if not events:
-            return 0
-        cdef tuple event
-        cdef object status
+        # the scan is feed()'s, with events=None: _emit keeps the common news (one response ended without error)
+        # in C fields, so that a plain chunk costs no list and no tuple
+        if self._broken:
+            raise ProtocolViolation("server response scanner used after a protocol violation")
+        if type(data) is not bytes:
+            data = bytes(data)
+        cdef bytes chunk = <bytes>data
+        cdef long status
         cdef unsigned long long affected
-        if len(events) == 1:
-            event = <tuple>events[0]
-            status = event[1]
-            if <int>event[0] == EV_RESPONSE_DONE and not event[3] and 0 <= status <= 0xFFFF \
-                    and self._last_insert_id == 0 \
+        self._pending = None
+        self._done_count = 0
+        try:
+            self._scan(<const unsigned char*>PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), None)
+        except ProtocolViolation:
+            self._broken = True
+            raise
+        if self._pending is None:
+            if self._done_count == 0:
+                return 0
+            status = self._done_status
+            if 0 <= status <= 0xFFFF and self._last_insert_id == 0 \
                     and (not self._last_affected_known or self._last_affected_rows < MAX_PACKED_AFFECTED):
                 affected = self._last_affected_rows + 1 if self._last_affected_known else 0
-                return <long long>((affected << AFFECTED_SHIFT) | DONE_BIT | <long>status)
-        self._events = events
+                return <long long>((affected << AFFECTED_SHIFT) | DONE_BIT | status)
+            self._pending = [(EV_RESPONSE_DONE, status, self._done_end, 0)]
+        self._events = self._pending
+        self._pending = None
         return -1
 
     def take_events(self) -> list:
@@ -589,7 +601,7 @@ cdef class MyResponseScanner:
             if first == 0x00 or first == 0xFE:
                 self._result_end(self._read_status(p, length), end, events)
             elif first == 0xFB:
-                events.append((EV_LOCAL_INFILE, self._last_status, end, 0))
+                self._emit(events, EV_LOCAL_INFILE, self._last_status, end, 0)
             else:
                 self._start_result_set(p, length)
             return 0
@@ -614,7 +626,7 @@ cdef class MyResponseScanner:
                             | (<unsigned long>p[4] << 24))
             self._prepare_columns = p[5] | (p[6] << 8)
             self._count = p[7] | (p[8] << 8)
-            events.append((EV_PREPARE_OK, self._last_status, end, statement_id))
+            self._emit(events, EV_PREPARE_OK, self._last_status, end, statement_id)
             self._next_prepare_block(end, events)
             return 0
         if state == G_PREPARE_DEFINITIONS:
@@ -728,8 +740,26 @@ cdef class MyResponseScanner:
         self._affected_rows = 0
         self._insert_id = 0
 
+    cdef int _emit(self, list events, int kind, long status, Py_ssize_t end, unsigned long long extra) except -1:
+        """One event: appended to `events`; under feed_done (events None), a first plain response end is only
+        noted, and anything more turns the notes into the event list feed() would have returned."""
+        if events is not None:
+            events.append((kind, status, end, extra))
+            return 0
+        if self._pending is None:
+            if self._done_count == 0 and kind == EV_RESPONSE_DONE and extra == 0:
+                self._done_count = 1
+                self._done_status = status
+                self._done_end = end
+                return 0
+            self._pending = []
+            if self._done_count:
+                self._pending.append((EV_RESPONSE_DONE, self._done_status, self._done_end, 0))
+        self._pending.append((kind, status, end, extra))
+        return 0
+
     cdef int _finish(self, long status, int failed, Py_ssize_t end, list events) except -1:
-        events.append((EV_RESPONSE_DONE, status, end, failed))
+        self._emit(events, EV_RESPONSE_DONE, status, end, failed)
         self._last_affected_known = self._affected_known
         self._last_affected_rows = self._affected_rows
         self._last_insert_id = self._insert_id
