@@ -104,6 +104,14 @@ def test_last_insert_id_and_row_count_are_answered_from_the_clients_own_history(
     assert query(session, b"SELECT LAST_INSERT_ID()", attached=True).kind == FORWARD
 
 
+def test_an_affected_row_count_beyond_a_signed_bigint_is_clamped():
+    session = MySession()
+    query(session, b"DELETE FROM t")
+    session.response_done(SERVER_STATUS_AUTOCOMMIT, False)
+    session.record_ok(affected_rows=(1 << 64) - 1, last_insert_id=0)
+    assert session.row_count == (1 << 63) - 1
+
+
 def test_a_statement_using_last_insert_id_is_marked_for_replay():
     session = MySession()
     query(session, b"INSERT INTO child (parent) VALUES (LAST_INSERT_ID())")

@@ -77,6 +77,7 @@ SERVER_STATUS_IN_TRANS = 0x0001
 SERVER_STATUS_AUTOCOMMIT = 0x0002
 SERVER_MORE_RESULTS_EXISTS = 0x0008
 SERVER_STATUS_CURSOR_EXISTS = 0x0040
+_MAX_ROW_COUNT = (1 << 63) - 1
 _HOLDING_STATUS = SERVER_STATUS_IN_TRANS | SERVER_MORE_RESULTS_EXISTS | SERVER_STATUS_CURSOR_EXISTS
 
 
@@ -295,7 +296,9 @@ class MySessionRules:
         """Values from the final OK packet of a complete response (for LAST_INSERT_ID() / ROW_COUNT())."""
         if last_insert_id:
             self.last_insert_id = last_insert_id
-        self.row_count = affected_rows
+        # ROW_COUNT() is a signed BIGINT, and row_count a C long long in the compiled state: an OK packet's 64-bit
+        # count beyond that (no server reaches it) must not fail the response
+        self.row_count = min(affected_rows, _MAX_ROW_COUNT)
 
     def reset(self, database: Optional[str]) -> None:
         """COM_RESET_CONNECTION / COM_CHANGE_USER: a fresh session (keeping the given current database)."""
