@@ -23,6 +23,8 @@ TARGET_WAIT_POLL = 0.05
 
 # Distinct pool keys whose copies are shared between clients (Engine.shared_key); beyond it, each keeps its own.
 MAX_SHARED_KEYS = 10_000
+# Distinct session settings whose dicts are shared between clients and backends (Engine.shared_state).
+MAX_SHARED_STATES = 1024
 
 # Like PostgreSQL's authentication_timeout: a connection must finish startup and auth within this.
 AUTHENTICATION_TIMEOUT = 60.0
@@ -67,6 +69,7 @@ class Engine:
         self.targets: Optional[Targets] = None
         self._passwords: dict[str, str] = {}
         self._shared_keys: dict[Any, Any] = {}
+        self._shared_states: dict[tuple, dict[str, Any]] = {}  # see shared_state
         self.relay: Any = None  # serves the data path's sockets while the proxy runs (None: asyncio's transports)
         self.apply_config(config)
 
@@ -99,6 +102,14 @@ class Engine:
         tuple; only authenticated clients' keys are shared, and only a bounded number of them.
         """
         return shared_copy(self._shared_keys, key, key, MAX_SHARED_KEYS)
+
+    def shared_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """One dict object for every session with these settings (never changed in place: a change replaces it).
+
+        A client's wanted settings and a backend's applied ones are then usually the same object, and the check on
+        every borrow (ClientLane._in_sync) is a pointer comparison instead of comparing every setting.
+        """
+        return shared_copy(self._shared_states, tuple(state.items()), state, MAX_SHARED_STATES)
 
     def client_factory(self, endpoint_name: str) -> Any:
         stats = self.metrics.endpoint(endpoint_name)

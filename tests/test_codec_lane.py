@@ -741,6 +741,17 @@ def test_waiter_delivers_to_its_client_or_its_callback(lanes):
     assert other.deadline == 3.0 and other.client is None
 
 
+def test_forward_adopts_equal_settings_so_the_next_check_is_by_identity(lanes):
+    rig = Rig(lanes)
+    client, backend = rig.client, rig.backend
+    client.wanted = {"timezone": "UTC"}
+    backend.applied = {"timezone": "UTC"}  # equal, another dict: settings dicts are never changed in place
+    client.forward(QUERY)
+    assert_attached(client, backend)
+    assert backend.applied is client.wanted
+    assert backend.transport.written == [QUERY]
+
+
 def test_forward_hands_an_out_of_sync_backend_to_wait_for_backend(lanes):
     rig = Rig(lanes)
     client, backend = rig.client, rig.backend

@@ -717,6 +717,30 @@ async def test_tracked_parameters_follow_the_client_across_shared_backends(
         assert proxy.metrics()["SessionPinningEvents"] == 0
 
 
+async def test_clients_with_the_same_settings_share_them_with_their_backend(server: PostgresServer) -> None:
+    """Settings are shared dicts, so the check on every borrow is a pointer comparison; a SET gets its own."""
+    async with pooled_proxy(server, pool_size=1) as proxy:
+        first = await connect_asyncpg(proxy, server, server_settings={"application_name": "shared"})
+        second = await connect_asyncpg(proxy, server, server_settings={"application_name": "shared"})
+        for client in (first, second, first):
+            assert await fetch_value(client, "SELECT 1") == 1
+        # the proxy's client for each: asyncpg's "server pid" is the process id the proxy gave it
+        sessions = {client.process_id: client.session for client in proxy.engine.clients}
+        one, other = sessions[first.get_server_pid()], sessions[second.get_server_pid()]
+        assert one.wanted is other.wanted
+        (target,) = proxy.targets.all
+        (backend,) = target.pool._idle[next(iter(target.pool._idle))]
+        assert backend.applied is one.wanted
+        await second.execute("SET TimeZone = 'Asia/Tokyo'")
+        assert await fetch_value(second, "SHOW TimeZone") == "Asia/Tokyo"
+        assert await fetch_value(first, "SHOW TimeZone") != "Asia/Tokyo"  # synced back on the shared backend
+        assert one.wanted is not other.wanted and one.wanted != other.wanted
+        assert await fetch_value(first, "SHOW application_name") == "shared"
+        assert backend.applied is one.wanted
+        assert one.wanted["application_name"] == "shared" and "timezone" not in one.wanted
+        await close_all([first, second])
+
+
 async def test_exclude_variable_sets_filter_keeps_set_from_pinning(server: PostgresServer) -> None:
     async with pooled_proxy(
         server, pool_size=1, session_pinning_filters=["EXCLUDE_VARIABLE_SETS"], connection_borrow_timeout=3

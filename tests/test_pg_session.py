@@ -43,9 +43,10 @@ def feed_client(session: PgSession, data: bytes):
     return session.client_messages(buf, msgs)
 
 
-def feed_server(session: PgSession, data: bytes, applied=None) -> None:
+def feed_server(session: PgSession, data: bytes, applied=None) -> dict:
+    """Feed backend bytes; returns the backend's record of its settings as server_events leaves it."""
     scanner = ServerScanner(b"ZSEGW")
-    session.server_events(scanner.feed(data), {} if applied is None else applied)
+    return session.server_events(scanner.feed(data), {} if applied is None else applied)
 
 
 def test_simple_query_is_one_request_until_ready_for_query():
@@ -192,14 +193,21 @@ def test_exclude_variable_sets_filter():
     assert session.pin_reasons == ["listen"]
 
 
-def test_parameter_status_updates_tracked_settings_on_both_sides():
+def test_parameter_status_updates_tracked_settings_on_both_sides_by_replacing_them():
     session = PgSession()
     applied: dict = {}
+    wanted = session.wanted
     feed_client(session, messages.query("SET application_name = 'app1'"))
-    feed_server(session, messages.parameter_status("application_name", "app1") + rfq(), applied)
-    assert session.wanted == {"application_name": "app1"} == applied
-    feed_server(session, messages.parameter_status("server_version", "15.0"), applied)
+    new_applied = feed_server(session, messages.parameter_status("application_name", "app1") + rfq(), applied)
+    assert session.wanted == {"application_name": "app1"} == new_applied
+    # settings dicts are shared between clients and backends: never changed in place
+    assert wanted == {} and applied == {}
+    assert feed_server(session, messages.parameter_status("server_version", "15.0"), new_applied) is new_applied
     assert "server_version" not in session.wanted
+    # a report of the value already in force replaces nothing
+    same = session.wanted
+    assert feed_server(session, messages.parameter_status("application_name", "app1"), new_applied) is new_applied
+    assert session.wanted is same
 
 
 def test_sync_sql_sets_resets_and_restarts_datestyle():

@@ -56,7 +56,7 @@ cdef class ClientLane:
     cdef public list pending  # requests waiting for a backend, or for the proxy's own exchange on it
     cdef public object session
     cdef public object framer
-    cdef public object wanted  # the session's tracked settings, compared with a backend's `applied`; None: ask sync_sql
+    cdef public object wanted  # PostgreSQL: a shared settings dict never changed in place; None: MyClient.sync_sql
     cdef public object _task
     cdef public object _waiter
     cdef public double last_activity

@@ -12,6 +12,11 @@ try_borrow, give_back and ReadyForQuery accounting directly, so overriding them 
 """
 
 from cpython.bytearray cimport PyByteArray_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.ref cimport Py_DECREF
+
+cdef extern from "Python.h":
+    void Py_SET_SIZE(object o, Py_ssize_t size)
 
 from .myframe_c cimport MyClientFramer, MyRequestState, MyResponseScanner
 from .pgframe_c cimport ClientFramer, PgRequestState, ServerScanner
@@ -183,8 +188,16 @@ cdef class ClientLane:
 
     cdef bint _in_sync(self, BackendLane backend) except -1:
         cdef MyRequestState my
-        if self.wanted is not None:
-            return backend.applied == self.wanted  # the common case, checked without building anything
+        wanted = self.wanted
+        if wanted is not None:
+            # PostgreSQL's settings dicts are shared and never changed in place (Engine.shared_state): the same
+            # object is the same settings, and an equal one is adopted so that the next check is a pointer compare
+            if backend.applied is wanted:
+                return True
+            if backend.applied == wanted:
+                backend.applied = wanted
+                return True
+            return False
         session = self.session
         if isinstance(session, MyRequestState):
             my = <MyRequestState>session
@@ -477,9 +490,18 @@ cdef class PoolLane:
         cdef list idle = self._idle_of(key)
         cdef BackendLane backend
         cdef TargetCounters stats = self.stats
-        if not idle:
+        cdef Py_ssize_t size
+        if idle is None:
             return None
-        backend = idle.pop()  # LIFO: the warmest connection, and lets the coldest age out
+        size = PyList_GET_SIZE(idle)
+        if size == 0:
+            return None
+        # LIFO: the warmest connection, and lets the coldest age out. Taken as list.pop() would, but the list keeps
+        # its capacity: pop() frees it when the last backend leaves (an idle list mostly holds 0-2 backends), and the
+        # give-back's append allocates it again, two reallocs per transaction
+        backend = <BackendLane>PyList_GET_ITEM(idle, size - 1)  # a new reference: the list's is released below
+        Py_SET_SIZE(idle, size - 1)
+        Py_DECREF(backend)
         self._idle_count -= 1
         stats.DatabaseConnectionRequests += 1
         self._borrowed += 1

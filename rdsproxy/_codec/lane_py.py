@@ -160,8 +160,16 @@ class ClientLane:
             self.resume_reading()  # type: ignore[attr-defined]
 
     def _in_sync(self, backend: BackendLane) -> bool:
-        if self.wanted is not None:
-            return backend.applied == self.wanted  # the common case, checked without building anything
+        wanted = self.wanted
+        if wanted is not None:
+            # PostgreSQL's settings dicts are shared and never changed in place (Engine.shared_state): the same
+            # object is the same settings, and an equal one is adopted so that the next check is a pointer compare
+            if backend.applied is wanted:
+                return True
+            if backend.applied == wanted:
+                backend.applied = wanted
+                return True
+            return False
         return self.sync_sql(backend) is None  # type: ignore[attr-defined]
 
     def attach(self, backend: BackendLane) -> None:

@@ -319,7 +319,7 @@ class MyClient(ClientConnection):
             not session.reads_last_insert_id or backend.last_insert_id == session.last_insert_id
         ):
             # the common case, checked on every borrow without building anything; an equal state is adopted, so
-            # that the next check is a pointer comparison (states are shared, see MyEngine.shared_state)
+            # that the next check is a pointer comparison (states are shared, see Engine.shared_state)
             if applied is not wanted:
                 backend.applied = wanted
             return None

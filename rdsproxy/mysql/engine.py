@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..client import SHUTDOWN
-from ..engine import Engine, MonitorOwner, ProbeResult, shared_copy
+from ..engine import Engine, MonitorOwner, ProbeResult
 from ..protocol.mysql import packets as p
 from ..protocol.mysql.session import READ_STATE_SQL, TRACKED_VARIABLES
 from . import backend as my_backend
@@ -21,9 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("rdsproxy.engine")
 
 PROBE_SQL = b"SELECT @@global.read_only, @@global.max_connections"
-# Distinct session states whose dicts are shared between clients and backends (MyEngine.shared_state).
-MAX_SHARED_STATES = 1024
-
 # Until a target has been reached, clients are greeted with this version.
 DEFAULT_SERVER_VERSION = "5.5.5-10.11.0-MariaDB-rdsproxy"
 
@@ -47,7 +44,6 @@ class MyEngine(Engine):
         self._connections: dict[int, MyClient] = {}
         self._next_connection_id = 1
         self._baselines: dict[Any, dict[str, Optional[str]]] = {}
-        self._shared_states: dict[tuple, dict[str, Optional[str]]] = {}  # see shared_state
         self._known_databases: set[tuple[str, str]] = set()
 
     def apply_config(self, config: ProxyConfig) -> None:
@@ -124,14 +120,6 @@ class MyEngine(Engine):
     async def _read_state(self, backend: MyBackend) -> dict[str, Optional[str]]:
         rows = await backend.query(READ_STATE_SQL)
         return dict(zip(("database", *TRACKED_VARIABLES), rows[0]))
-
-    def shared_state(self, state: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
-        """One dict object for every session in this state (never changed in place: state changes replace it).
-
-        A client's wanted state and a backend's applied one are then usually the same object, and the check on
-        every borrow (MyClient.sync_sql) is a pointer comparison instead of comparing some fifteen variables.
-        """
-        return shared_copy(self._shared_states, tuple(state.items()), state, MAX_SHARED_STATES)
 
     def baseline(self, key: Any) -> dict[str, Optional[str]]:
         return dict(self._baselines.get(key, {}))

@@ -75,7 +75,9 @@ class PgClient(ClientConnection):
         super().__init__(engine, endpoint_name, stats)
         self.framer = ClientFramer(MAX_SETUP_MESSAGE)
         self.session = PgSession(exclude_variable_sets=engine.exclude_variable_sets)
-        self.wanted = self.session.wanted  # changed in place only: ClientLane compares it with a backend's
+        # the settings ClientLane compares with a backend's: always the session's own dict, shared once the client is
+        # authenticated (Engine.shared_state) and from then on replaced, never changed in place
+        self.wanted = self.session.wanted
         self.database = ""
         self.backend: Optional[PgBackend] = None
         self._auth: Optional[Union[ScramServer, Md5Server]] = None
@@ -140,18 +142,24 @@ class PgClient(ClientConnection):
 
     def backend_events(self, events: list) -> None:
         """Called by the attached backend after it forwarded a chunk with state-changing messages."""
-        self.session.server_events(events, self.backend.applied)  # type: ignore[union-attr]
-        if self.session.outstanding <= 0:
+        session = self.session
+        backend = self.backend
+        backend.applied = session.server_events(events, backend.applied)  # type: ignore[union-attr]
+        if session.wanted is not self.wanted:  # a SET (or its rollback) changed a tracked parameter
+            session.wanted = self.wanted = self.engine.shared_state(session.wanted)
+        if session.outstanding <= 0:
             self.responses_complete()
 
     def sync_sql(self, backend: PgBackend) -> Optional[bytes]:
         applied = backend.applied
-        if applied == self.session.wanted:  # the common case, checked without building anything
+        wanted = self.session.wanted
+        if applied is wanted or applied == wanted:  # the common case, checked without building anything
+            backend.applied = wanted  # adopted, so that the next check is a pointer comparison
             return None
         return self.session.sync_statements(applied)
 
     def synced(self, backend: PgBackend) -> None:
-        backend.applied = dict(self.session.wanted)
+        backend.applied = self.session.wanted  # shared: neither is ever changed in place
 
     def invalid_settings(self, exc: InternalQueryError) -> None:
         self.fatal(exc.fields.get("C", "22023"), exc.fields.get("M", "invalid session setting"))
@@ -228,6 +236,7 @@ class PgClient(ClientConnection):
         self.state = SETUP
         self.key = self.engine.shared_key(self.key)
         self.user, self.database = self.key
+        self.session.wanted = self.wanted = self.engine.shared_state(self.session.wanted)  # startup settings, final
         block = self.engine.cached_welcome_block(self.endpoint_name, self.key, self.session.wanted)
         if block is not None:
             self._send_welcome(block, last_auth_reply)

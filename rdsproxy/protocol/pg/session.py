@@ -205,11 +205,13 @@ class PgSession(PgRequestState):
         batch.new_pins.append((reason, statement_digest(sql)))
 
     # ------------------------------------------------------------------ backend -> client
-    def server_events(self, events: list, applied: dict[str, str]) -> None:
+    def server_events(self, events: list, applied: dict[str, str]) -> dict[str, str]:
         """Account for the state-changing backend messages of one forwarded chunk.
 
         `applied` is the backend's record of the tracked parameters in force on it; a ParameterStatus for one of
         them (the client ran SET, or a transaction rolled one back) updates it and the client's wanted values.
+        Both are replaced, never changed in place (dicts of settings are shared, see Engine.shared_state): the
+        backend's record comes back, as it is or replaced.
         """
         for mtype, payload, _end in events:
             if mtype == _RFQ:
@@ -220,8 +222,10 @@ class PgSession(PgRequestState):
                 lower = name.lower()
                 if lower in TRACKED_REPORTED:
                     lower, value = intern(lower), intern(value)
-                    self.wanted[lower] = value
-                    applied[lower] = value
+                    if self.wanted.get(lower) is not value:
+                        self.wanted = {**self.wanted, lower: value}
+                    if applied.get(lower) is not value:
+                        applied = {**applied, lower: value}
             elif mtype == _COPY_IN or mtype == _COPY_BOTH:
                 # Syncs sent after the Execute that started COPY are ignored by the server while it copies
                 self.outstanding -= self.syncs_since_execute
@@ -229,6 +233,7 @@ class PgSession(PgRequestState):
                 self.copy_in = True
             elif mtype == _ERROR:
                 self.copy_in = False
+        return applied
 
     # ------------------------------------------------------------------ failures
     def fail_outstanding(self, sqlstate: str, message: str) -> bytes:
