@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import sys
 import time
 from collections import deque
 from types import SimpleNamespace
@@ -471,6 +472,21 @@ def test_try_borrow_takes_the_warmest_idle_backend_first(lanes):
     assert stats.DatabaseConnectionsCurrentlyBorrowed == 2
     assert stats.DatabaseConnectionsBorrowLatency.count == 2
     assert stats.DatabaseConnectionsBorrowLatency.buckets[0] == 2  # served from the idle list: waited 0 us
+
+
+def test_borrow_and_give_back_keep_the_idle_list_and_every_reference_right(lanes):
+    # the compiled twin takes a backend off the list without list.pop (which would free an emptied list's storage):
+    # the list must still hold exactly the idle backends, and the references they count must not drift
+    rig = Rig(lanes, idle=2)
+    pool, (colder, warmer) = rig.pool, rig.backends
+    references = sys.getrefcount(colder), sys.getrefcount(warmer)
+    for _ in range(100):
+        taken = [pool.try_borrow(KEY), pool.try_borrow(KEY)]
+        assert taken == [warmer, colder] and pool._idle[KEY] == [] and pool.try_borrow(KEY) is None
+        pool.give_back(taken.pop())
+        pool.give_back(taken.pop())
+        assert pool._idle[KEY] == [colder, warmer]
+    assert (sys.getrefcount(colder), sys.getrefcount(warmer)) == references
 
 
 @pytest.mark.parametrize("key", [OTHER_KEY, KEY], ids=["unknown key", "empty idle list"])
