@@ -39,6 +39,7 @@ QUERIES = 20000
 PG_UNITS = (
     ("login", ["-C", "-c", "1"], LOGINS),
     ("transaction -c 1", ["-c", "1"], TRANSACTIONS),
+    ("transaction -c 1 ext", ["-c", "1", "-M", "extended"], TRANSACTIONS),
     ("transaction -c 20", ["-c", "20", "-j", "2"], BUSY_TRANSACTIONS),
 )
 MYSQL_UNITS = ("query ps=disable", "query ps=auto")
@@ -194,7 +195,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def render(results: dict[str, dict[str, float]]) -> str:
     lines = [
         f"instructions per unit, counted by callgrind after {WARM_UP} of each to warm up: {LOGINS} logins with "
-        f"pgbench -S -C -c 1; {TRANSACTIONS} transactions of pgbench -S -c 1 on one connection; "
+        f"pgbench -S -C -c 1; {TRANSACTIONS} transactions of pgbench -S -c 1 on one connection (-M simple, then "
+        "extended); "
         f"{BUSY_TRANSACTIONS} of pgbench -S -c 20 -j 2"
         + (
             f"; {QUERIES} queries of sysbench oltp_point_select --threads=20"
