@@ -135,6 +135,27 @@ def _last_lines(text: str, count: int = 6) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-count:])
 
 
+def sysbench_argv(server: MariaDBServer, port: int, arguments: list[str], command: str, *, seconds: int) -> list[str]:
+    """sysbench against `port` (the server's own, or a proxy's in front of it) on the benchmark's one table;
+    `seconds` 0 runs until `--events` are done."""
+    return [
+        "sysbench",
+        *arguments,
+        "--db-driver=mysql",
+        f"--mysql-host={server.host}",
+        f"--mysql-port={port}",
+        f"--mysql-user={server.app_user}",
+        f"--mysql-password={server.app_password}",
+        f"--mysql-db={server.app_database}",
+        "--mysql-ssl=off",
+        "--tables=1",
+        f"--table-size={SYSBENCH_TABLE_SIZE}",
+        f"--time={seconds}",
+        "--report-interval=0",
+        command,
+    ]
+
+
 def _run_tool(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
     try:
         result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
@@ -246,22 +267,7 @@ class Bench:
 
     def _sysbench_argv(self, port: int, arguments: list[str], command: str) -> list[str]:
         assert self.mariadb is not None
-        return [
-            "sysbench",
-            *arguments,
-            "--db-driver=mysql",
-            f"--mysql-host={self.mariadb.host}",
-            f"--mysql-port={port}",
-            f"--mysql-user={self.mariadb.app_user}",
-            f"--mysql-password={self.mariadb.app_password}",
-            f"--mysql-db={self.mariadb.app_database}",
-            "--mysql-ssl=off",
-            "--tables=1",
-            f"--table-size={SYSBENCH_TABLE_SIZE}",
-            f"--time={self.duration}",
-            "--report-interval=0",
-            command,
-        ]
+        return sysbench_argv(self.mariadb, port, arguments, command, seconds=self.duration)
 
     def _proxy_for(self, scenario: Scenario, route: str) -> tuple[Optional[int], Optional[Callable[[], int]]]:
         """(port, pid getter) of the route's proxy, or (None, None) for direct."""

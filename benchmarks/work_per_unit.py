@@ -24,7 +24,7 @@ from contextlib import ExitStack
 from typing import Optional
 
 from benchmarks.services import PgBouncer, RdsProxyProcess, client_environment
-from benchmarks.throughput import SYSBENCH_TABLE_SIZE, _run_tool, parse_pgbench, parse_sysbench
+from benchmarks.throughput import _run_tool, parse_pgbench, parse_sysbench, sysbench_argv
 from rdsproxy.testing import MariaDBServer, PostgresServer, start_mariadb, start_postgres
 
 POOL_SIZE = 20
@@ -98,23 +98,7 @@ def measure(server: PostgresServer, port: int, pid: int, directory: str, os_user
 
 def _sysbench(server: MariaDBServer, port: int, arguments: list[str], command: str = "run") -> int:
     """Run sysbench oltp_point_select against `port`; the number of queries it ran (raise on any failure)."""
-    argv = [
-        "sysbench",
-        "oltp_point_select",
-        *arguments,
-        "--db-driver=mysql",
-        f"--mysql-host={server.host}",
-        f"--mysql-port={port}",
-        f"--mysql-user={server.app_user}",
-        f"--mysql-password={server.app_password}",
-        f"--mysql-db={server.app_database}",
-        "--mysql-ssl=off",
-        "--tables=1",
-        f"--table-size={SYSBENCH_TABLE_SIZE}",
-        "--time=0",
-        "--report-interval=0",
-        command,
-    ]
+    argv = sysbench_argv(server, port, ["oltp_point_select", *arguments], command, seconds=0)
     code, output = _run_tool(argv, client_environment(), timeout=1200)
     if command != "run":
         if code != 0 or "FATAL" in output:

@@ -15,11 +15,11 @@ from cpython.bytearray cimport PyByteArray_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.ref cimport Py_DECREF
 
-cdef extern from "Python.h":
-    void Py_SET_SIZE(object o, Py_ssize_t size)
-
 from .myframe_c cimport MyClientFramer, MyRequestState, MyResponseScanner
 from .pgframe_c cimport ClientFramer, PgRequestState, ServerScanner
+
+cdef extern from "Python.h":
+    void Py_SET_SIZE(object o, Py_ssize_t size)
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t

@@ -52,12 +52,13 @@ cdef class MyResponseScanner:
     cdef list _events  # of the last feed_done() that returned -1
     # feed_done's scan keeps one plain response end in C fields, and builds _pending only for anything more
     cdef list _pending
-    cdef int _done_count
+    cdef bint _done
     cdef long _done_status
     cdef Py_ssize_t _done_end
 
     cdef int _expect(self, int command, bint cursor) except -1
     cdef list _feed(self, data)
+    cdef int _scan_chunk(self, data, list events) except -1
     cdef long long _feed_done(self, data) except? -2
     cdef int _scan(self, const unsigned char* src, Py_ssize_t total, list events) except -1
     cdef int _packet(self, const unsigned char* p, Py_ssize_t length, Py_ssize_t end, list events) except -1

@@ -434,18 +434,24 @@ cdef class MyResponseScanner:
         return self._feed(data)
 
     cdef list _feed(self, data):
+        cdef list events = []
+        self._scan_chunk(data, events)
+        return events
+
+    cdef int _scan_chunk(self, data, list events) except -1:
+        """feed() and feed_done(): scan one chunk (events None: feed_done's way, see _emit); a violation breaks the
+        scanner for good."""
         if self._broken:
             raise ProtocolViolation("server response scanner used after a protocol violation")
         if type(data) is not bytes:
             data = bytes(data)
         cdef bytes chunk = <bytes>data
-        cdef list events = []
         try:
             self._scan(<const unsigned char*>PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), events)
         except ProtocolViolation:
             self._broken = True
             raise
-        return events
+        return 0
 
     def feed_done(self, data) -> int:
         """Scans one chunk for the forwarding hot path: its news packed in an int instead of an event list.
@@ -460,22 +466,13 @@ cdef class MyResponseScanner:
     cdef long long _feed_done(self, data) except? -2:
         # the scan is feed()'s, with events=None: _emit keeps the common news (one response ended without error)
         # in C fields, so that a plain chunk costs no list and no tuple
-        if self._broken:
-            raise ProtocolViolation("server response scanner used after a protocol violation")
-        if type(data) is not bytes:
-            data = bytes(data)
-        cdef bytes chunk = <bytes>data
         cdef long status
         cdef unsigned long long affected
         self._pending = None
-        self._done_count = 0
-        try:
-            self._scan(<const unsigned char*>PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), None)
-        except ProtocolViolation:
-            self._broken = True
-            raise
+        self._done = False
+        self._scan_chunk(data, None)
         if self._pending is None:
-            if self._done_count == 0:
+            if not self._done:
                 return 0
             status = self._done_status
             if 0 <= status <= 0xFFFF and self._last_insert_id == 0 \
@@ -747,13 +744,13 @@ cdef class MyResponseScanner:
             events.append((kind, status, end, extra))
             return 0
         if self._pending is None:
-            if self._done_count == 0 and kind == EV_RESPONSE_DONE and extra == 0:
-                self._done_count = 1
+            if not self._done and kind == EV_RESPONSE_DONE and extra == 0:
+                self._done = True
                 self._done_status = status
                 self._done_end = end
                 return 0
             self._pending = []
-            if self._done_count:
+            if self._done:
                 self._pending.append((EV_RESPONSE_DONE, self._done_status, self._done_end, 0))
         self._pending.append((kind, status, end, extra))
         return 0
