@@ -364,6 +364,37 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def paired(
+    mine: list[RunResult], theirs: list[RunResult], attribute: str, compare: Callable[[float, float], float]
+) -> list[float]:
+    """Per repeat, rdsproxy's figure compared with the reference's from the same repeat (the two ran back to back,
+    so the machine's slow drifts mostly cancel); empty when a run of either failed."""
+    values = []
+    for run, reference in zip(mine, theirs):
+        a, b = getattr(run, attribute), getattr(reference, attribute)
+        if run.failure or reference.failure or a is None or b is None:
+            return []
+        values.append(compare(a, b))
+    return values
+
+
+def _ratio(mine: float, reference: float) -> float:
+    return mine / reference if reference else 0.0
+
+
+def spread(values: list[float], better: Callable[[float], bool]) -> Optional[dict[str, Any]]:
+    """min, median, max of per-repeat comparisons, and in how many repeats rdsproxy came out ahead."""
+    if not values:
+        return None
+    return {
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
+        "ahead": sum(1 for value in values if better(value)),
+        "repeats": len(values),
+    }
+
+
 def summarize(scenarios: list[Scenario], results: dict[str, dict[str, RouteResults]]) -> dict[str, Any]:
     """The table as data: medians, ratios, target verdicts, added latency; what --json writes."""
     rows = []
@@ -383,6 +414,11 @@ def summarize(scenarios: list[Scenario], results: dict[str, dict[str, RouteResul
                 verdict = "FAIL" if any(routes[route].failures for route in scenario.routes) else None
             else:
                 verdict = "met" if ratio >= scenario.target.at_least else "MISSED"
+        per_repeat = None
+        if scenario.target is not None:
+            target = scenario.target
+            ratios_each = paired(routes[RDSPROXY].runs, routes[target.reference].runs, "tps", _ratio)
+            per_repeat = spread(ratios_each, lambda ratio, at_least=target.at_least: ratio >= at_least)
         rows.append(
             {
                 "key": scenario.key,
@@ -392,6 +428,7 @@ def summarize(scenarios: list[Scenario], results: dict[str, dict[str, RouteResul
                 "proxy_cpu_us_per_tx": cpu,
                 "target": scenario.target.describe() if scenario.target else None,
                 "verdict": verdict,
+                "per_repeat": per_repeat,  # the target's ratio in each repeat, and how many repeats met it
                 "failures": {route: routes[route].failures for route in scenario.routes if routes[route].failures},
                 "runs": {route: [asdict(run) for run in routes[route].runs] for route in scenario.routes},
             }
@@ -412,6 +449,14 @@ def summarize(scenarios: list[Scenario], results: dict[str, dict[str, RouteResul
             entry["verdict"] = "FAIL" if failed else None
         else:
             entry["verdict"] = "met" if rds <= pgb else "MISSED"
+        # rdsproxy's latency minus PgBouncer's in each repeat (direct cancels out), microseconds
+        differences = paired(
+            results[scenario.key][RDSPROXY].runs,
+            results[scenario.key][PGBOUNCER].runs,
+            "latency_ms",
+            lambda a, b: (a - b) * 1000,
+        )
+        entry["per_repeat"] = spread(differences, lambda difference: difference <= 0)
         added[scenario.latency_mode] = entry
     return {"rows": rows, "added_latency_us": added}
 
@@ -469,6 +514,19 @@ def render(summary: dict[str, Any], meta: dict[str, Any], before: Optional[dict[
             old = previous.get(row["key"], {}).get("ratios", {})
             line += f"{_fmt_ratio(old.get('rdsproxy/pgbouncer')):>16}{_fmt_ratio(old.get('rdsproxy/direct')):>9}"
         lines.append(line)
+    spreads = [row for row in summary["rows"] if row.get("per_repeat")]
+    if spreads:
+        lines += [
+            "",
+            "the target's ratio in each repeat (rdsproxy and the reference ran back to back in it):",
+            f"{'scenario':<42}{'min':>7}{'median':>8}{'max':>7}  met in",
+        ]
+        for row in spreads:
+            each = row["per_repeat"]
+            lines.append(
+                f"{row['label']:<42}{each['min']:>7.2f}{each['median']:>8.2f}{each['max']:>7.2f}"
+                f"  {each['ahead']} of {each['repeats']}"
+            )
     if summary["added_latency_us"]:
         lines += [
             "",
@@ -480,6 +538,14 @@ def render(summary: dict[str, Any], meta: dict[str, Any], before: Optional[dict[
                 f"{mode:<10}{_fmt_us(entry['direct_us']):>8}{_fmt_us(entry['pgbouncer_minus_direct_us'], True):>18}"
                 f"{_fmt_us(entry['rdsproxy_minus_direct_us'], True):>17}  {entry['verdict'] or ''}"
             )
+        lines += ["rdsproxy's latency minus PgBouncer's in each repeat (microseconds):"]
+        for mode, entry in summary["added_latency_us"].items():
+            each = entry.get("per_repeat")
+            if each:
+                lines.append(
+                    f"{mode:<10}min {each['min']:+.0f}, median {each['median']:+.0f}, max {each['max']:+.0f}; "
+                    f"met in {each['ahead']} of {each['repeats']}"
+                )
     failures = [
         f"  {row['key']} via {route}: {reason}"
         for row in summary["rows"]
