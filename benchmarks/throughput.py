@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,7 @@ class RunResult:
     transactions: Optional[int] = None
     latency_ms: Optional[float] = None
     proxy_cpu_us_per_tx: Optional[float] = None
+    client_cpu_us_per_tx: Optional[float] = None  # pgbench's or sysbench's own CPU time (user + system)
     failure: Optional[str] = None
 
 
@@ -154,6 +156,11 @@ def sysbench_argv(server: MariaDBServer, port: int, arguments: list[str], comman
         "--report-interval=0",
         command,
     ]
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _run_tool(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
@@ -315,8 +322,12 @@ class Bench:
             argv[argv.index(f"--time={self.duration}")] = f"--time={duration}"
             env, parse = client_environment(), parse_sysbench
         cpu_before = cpu_seconds(proxy_pid()) if proxy_pid else 0.0
+        client_before = _children_cpu_seconds()
         code, output = _run_tool(argv, env, timeout=duration + 120)
         result = parse(code, output)
+        if result.transactions:
+            # the tool is the only child that ends during the run: servers and proxies outlive it
+            result.client_cpu_us_per_tx = (_children_cpu_seconds() - client_before) * 1e6 / result.transactions
         if proxy_pid and result.transactions:
             try:
                 result.proxy_cpu_us_per_tx = (cpu_seconds(proxy_pid()) - cpu_before) * 1e6 / result.transactions
@@ -402,6 +413,7 @@ def summarize(scenarios: list[Scenario], results: dict[str, dict[str, RouteResul
         routes = results[scenario.key]
         tps = {route: routes[route].median("tps") for route in scenario.routes}
         cpu = {route: routes[route].median("proxy_cpu_us_per_tx") for route in scenario.routes if route != DIRECT}
+        client_cpu = {route: routes[route].median("client_cpu_us_per_tx") for route in scenario.routes}
         ratios = {}
         for reference in (PGBOUNCER, DIRECT):
             if reference in scenario.routes:
@@ -426,6 +438,7 @@ def summarize(scenarios: list[Scenario], results: dict[str, dict[str, RouteResul
                 "tps": tps,
                 "ratios": ratios,
                 "proxy_cpu_us_per_tx": cpu,
+                "client_cpu_us_per_tx": client_cpu,
                 "target": scenario.target.describe() if scenario.target else None,
                 "verdict": verdict,
                 "per_repeat": per_repeat,  # the target's ratio in each repeat, and how many repeats met it
@@ -489,7 +502,7 @@ def render(summary: dict[str, Any], meta: dict[str, Any], before: Optional[dict[
     ]
     header = (
         f"{'scenario':<42}{'direct':>10}{'pgbouncer':>11}{'rdsproxy':>10}{'rds/pgb':>9}{'rds/dir':>9}"
-        f"{'cpu us/tx pgb':>15}{'rds':>6}  {'target':<19}{'verdict':<7}"
+        f"{'cpu us/tx pgb':>15}{'rds':>6}{'client':>8}  {'target':<19}{'verdict':<7}"
     )
     if previous:
         header += f"{'before: rds/pgb':>16}{'rds/dir':>9}"
@@ -507,7 +520,8 @@ def render(summary: dict[str, Any], meta: dict[str, Any], before: Optional[dict[
             f"{row['label']:<42}{cells[DIRECT]:>10}{cells[PGBOUNCER]:>11}{cells[RDSPROXY]:>10}"
             f"{_fmt_ratio(row['ratios'].get('rdsproxy/pgbouncer')):>9}"
             f"{_fmt_ratio(row['ratios'].get('rdsproxy/direct')):>9}"
-            f"{_fmt_us(cpu.get(PGBOUNCER)):>15}{_fmt_us(cpu.get(RDSPROXY)):>6}  "
+            f"{_fmt_us(cpu.get(PGBOUNCER)):>15}{_fmt_us(cpu.get(RDSPROXY)):>6}"
+            f"{_fmt_us(row.get('client_cpu_us_per_tx', {}).get(RDSPROXY)):>8}  "
             f"{row['target'] or '':<19}{row['verdict'] or '':<7}"
         )
         if previous:
