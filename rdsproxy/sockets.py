@@ -72,6 +72,11 @@ def _literal_address(host: str, port: int) -> Optional[list[tuple[Any, ...]]]:
     return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
 
 
+def _is_tcp(sock: socket.socket) -> bool:
+    """Whether accepted connections get TCP_NODELAY; asked once per listener (sock.family builds an enum)."""
+    return sock.family in (socket.AF_INET, socket.AF_INET6)
+
+
 class RelayServer:
     """Listening sockets whose accepted connections go to the relay, each with a new protocol."""
 
@@ -82,11 +87,10 @@ class RelayServer:
         self._loop = asyncio.get_running_loop()
         self._serving = True
         for sock in sockets:
-            self._loop.add_reader(sock.fileno(), self._accept, sock)
+            self._loop.add_reader(sock.fileno(), self._accept, sock, _is_tcp(sock))
 
-    def _accept(self, sock: socket.socket) -> None:
+    def _accept(self, sock: socket.socket, tcp: bool) -> None:
         # The relay accepts in C (accept4, no socket objects); this only handles what it cannot decide alone.
-        tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         remaining = ACCEPT_BATCH
         while remaining > 0:
             try:
@@ -101,7 +105,7 @@ class RelayServer:
                     "cannot accept connections on %s (%s): pausing for %g s", sock.getsockname(), exc, ACCEPT_PAUSE
                 )
                 self._loop.remove_reader(sock.fileno())
-                self._loop.call_later(ACCEPT_PAUSE, self._resume, sock)
+                self._loop.call_later(ACCEPT_PAUSE, self._resume, sock, tcp)
                 return
             except Exception:  # noqa: BLE001 - one connection's setup failure must not stop the listener
                 log.exception("could not set up a client connection; closed it")
@@ -111,9 +115,9 @@ class RelayServer:
                 return  # none is waiting any more
             remaining -= accepted
 
-    def _resume(self, sock: socket.socket) -> None:
+    def _resume(self, sock: socket.socket, tcp: bool) -> None:
         if self._serving:
-            self._loop.add_reader(sock.fileno(), self._accept, sock)
+            self._loop.add_reader(sock.fileno(), self._accept, sock, tcp)
 
     def close(self) -> None:
         if not self._serving:
