@@ -1,4 +1,5 @@
 """Build script: compiles the rdsproxy._codec Cython twins unless RDSPROXY_NO_EXTENSIONS=1."""
+
 import os
 import sys
 
