@@ -552,14 +552,15 @@ def render(summary: dict[str, Any], meta: dict[str, Any], before: Optional[dict[
                 f"{mode:<10}{_fmt_us(entry['direct_us']):>8}{_fmt_us(entry['pgbouncer_minus_direct_us'], True):>18}"
                 f"{_fmt_us(entry['rdsproxy_minus_direct_us'], True):>17}  {entry['verdict'] or ''}"
             )
-        lines += ["rdsproxy's latency minus PgBouncer's in each repeat (microseconds):"]
-        for mode, entry in summary["added_latency_us"].items():
-            each = entry.get("per_repeat")
-            if each:
-                lines.append(
-                    f"{mode:<10}min {each['min']:+.0f}, median {each['median']:+.0f}, max {each['max']:+.0f}; "
-                    f"met in {each['ahead']} of {each['repeats']}"
-                )
+        added = summary["added_latency_us"]
+        paired_latency = {mode: entry["per_repeat"] for mode, entry in added.items() if entry.get("per_repeat")}
+        if paired_latency:
+            lines.append("rdsproxy's latency minus PgBouncer's in each repeat (microseconds):")
+        for mode, each in paired_latency.items():
+            lines.append(
+                f"{mode:<10}min {each['min']:+.0f}, median {each['median']:+.0f}, max {each['max']:+.0f}; "
+                f"met in {each['ahead']} of {each['repeats']}"
+            )
     failures = [
         f"  {row['key']} via {route}: {reason}"
         for row in summary["rows"]
