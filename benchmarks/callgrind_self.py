@@ -1,13 +1,13 @@
 """Self cost per function in a callgrind dump, per unit of work: where a work_per_unit profile spends its instructions.
 
-`python -m benchmarks.callgrind_self DUMP UNITS [--top N] [--callers FUNCTION]`
+`python -m benchmarks.callgrind_self DUMP UNITS [--top N] [--callers FUNCTION] [--event Ir|D1mr|I1mr|...]`
 
 `callgrind_annotate` shows only inclusive costs for a Python 3.11 process's dumps (the interpreter's frames form
 cycles it folds together), which hides what each function costs by itself. This reads the dump's cost lines
 directly: a function's own lines count for it, the lines after a `calls=` line (the callee's inclusive cost) do
 not. `--callers` lists instead who calls a function and what those calls cost inclusively. UNITS divides every
 figure, e.g. the 2,000 transactions of `work_per_unit`'s `-c 1` unit (its dump `callgrind.<pid>.out.2` with
-`--keep`).
+`--keep`). `--event` picks another of the dump's costs, such as the L1 misses of a `--cache-sim=yes` run.
 """
 
 from __future__ import annotations
@@ -37,14 +37,24 @@ class _Names:
         return self._names.get(key, token)
 
 
-def costs(path: str, callee: Optional[str] = None) -> Counter[str]:
-    """Self instructions per function, or (with `callee`) the inclusive cost of calls to it, per caller."""
+def costs(path: str, callee: Optional[str] = None, event: str = "Ir") -> Counter[str]:
+    """Self cost per function, or (with `callee`) the inclusive cost of calls to it, per caller.
+
+    `event` is one of the dump's events: Ir (instructions), or with `--cache-sim=yes` also D1mr, D1mw, I1mr, ...
+    """
     names = _Names()
     result: Counter[str] = Counter()
     function = called = ""
     after_calls = False
+    column = 1  # cost lines are "position cost1 cost2 ..."; trailing zero costs are left out
     with open(path) as dump:
         for line in dump:
+            if line.startswith("events:"):
+                events = line.split()[1:]
+                if event not in events:
+                    raise ValueError(f"event {event!r} is not in this dump (it has {', '.join(events)})")
+                column = 1 + events.index(event)
+                continue
             head, _, rest = line.rstrip("\n").partition("=")
             if head in ("fn", "cfn"):
                 name = names.resolve("fn", rest)
@@ -62,12 +72,13 @@ def costs(path: str, callee: Optional[str] = None) -> Counter[str]:
                 fields = line.split()
                 if len(fields) < 2:
                     continue
+                cost = int(fields[column]) if column < len(fields) else 0
                 if after_calls:
                     after_calls = False
                     if callee is not None and callee in called:
-                        result[function] += int(fields[1])
+                        result[function] += cost
                 elif callee is None:
-                    result[function] += int(fields[1])
+                    result[function] += cost
     return result
 
 
@@ -77,14 +88,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("units", type=float, help="units of work the dump covers (figures are divided by it)")
     parser.add_argument("--top", type=int, default=40, help="rows to print (default 40)")
     parser.add_argument("--callers", metavar="FUNCTION", help="callers of functions whose name contains FUNCTION")
+    parser.add_argument(
+        "--event",
+        default="Ir",
+        help="the cost to show: Ir (instructions, the default) or, in a --cache-sim=yes dump, D1mr, D1mw, I1mr, ...",
+    )
     options = parser.parse_args(argv)
-    table = costs(options.dump, options.callers)
+    try:
+        table = costs(options.dump, options.callers, options.event)
+    except ValueError as exc:
+        parser.error(str(exc))
+    digits = 0 if options.event == "Ir" else 2  # a miss count per unit is often a fraction
     if options.callers is None:
-        print(f"self instructions per unit, {sum(table.values()) / options.units:,.0f} in all")
+        print(f"self {options.event} per unit, {sum(table.values()) / options.units:,.{digits}f} in all")
     else:
-        print(f"calls to *{options.callers}*, inclusive instructions per unit, by caller")
+        print(f"calls to *{options.callers}*, inclusive {options.event} per unit, by caller")
     for function, cost in table.most_common(options.top):
-        print(f"{cost / options.units:10,.0f}  {function[:120]}")
+        print(f"{cost / options.units:10,.{digits}f}  {function[:120]}")
     return 0
 
 

@@ -45,8 +45,9 @@ PG_UNITS = (
 MYSQL_UNITS = ("query ps=disable", "query ps=auto")
 
 
-def callgrind_prefix(directory: str) -> list[str]:
-    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/callgrind.%p.out"]
+def callgrind_prefix(directory: str, cache_sim: bool = False) -> list[str]:
+    prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/callgrind.%p.out"]
+    return prefix + ["--cache-sim=yes"] if cache_sim else prefix
 
 
 def _control(command: str, pid: int, os_user: Optional[str]) -> None:
@@ -70,20 +71,28 @@ def _pgbench(server: PostgresServer, port: int, arguments: list[str]) -> None:
         raise RuntimeError(f"pgbench {' '.join(arguments)} failed ({failure}): {output[-800:]}")
 
 
-def _instructions(directory: str, pid: int) -> int:
-    """The instruction total of the latest dump of process `pid`."""
+def _totals(directory: str, pid: int, count: int) -> dict[str, float]:
+    """Each event's total in the latest dump of process `pid`, per unit of work: Ir (instructions) and, with
+    --cache-sim=yes, the simulated cache's accesses and misses (I1mr, D1mr, D1mw, ...)."""
     dumps = sorted(glob.glob(f"{directory}/callgrind.{pid}.out.*"), key=os.path.getmtime)
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump for process {pid} in {directory}")
+    events: list[str] = []
     with open(dumps[-1]) as dump:
         for line in dump:
-            if line.startswith("summary:"):
-                return int(line.split()[1])
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("summary:"):
+                totals = [int(value) for value in line.split()[1:]]
+                totals += [0] * (len(events) - len(totals))  # trailing zeros are left out
+                return {event: total / count for event, total in zip(events, totals)}
     raise RuntimeError(f"no summary line in {dumps[-1]}")
 
 
-def measure(server: PostgresServer, port: int, pid: int, directory: str, os_user: Optional[str]) -> dict[str, float]:
-    """Instructions per login (pgbench -C, one client) and per transaction (one client, then 20)."""
+def measure(
+    server: PostgresServer, port: int, pid: int, directory: str, os_user: Optional[str]
+) -> dict[str, dict[str, float]]:
+    """Events (instructions, ...) per login (pgbench -C, one client) and per transaction (one client, then 20)."""
     figures = {}
     for unit, arguments, count in PG_UNITS:
         _pgbench(server, port, ["-n", "-S", *arguments, "-t", str(WARM_UP)])
@@ -92,7 +101,7 @@ def measure(server: PostgresServer, port: int, pid: int, directory: str, os_user
         clients = int(arguments[arguments.index("-c") + 1])
         _pgbench(server, port, ["-n", "-S", *arguments, "-t", str(count // clients)])
         _control("-d", pid, os_user)
-        figures[unit] = _instructions(directory, pid) / count
+        figures[unit] = _totals(directory, pid, count)
     return figures
 
 
@@ -111,8 +120,8 @@ def _sysbench(server: MariaDBServer, port: int, arguments: list[str], command: s
     return int(queries.group(1))
 
 
-def measure_mysql(server: MariaDBServer, port: int, pid: int, directory: str) -> dict[str, float]:
-    """Instructions per sysbench point select at 20 threads, with text queries and with prepared statements."""
+def measure_mysql(server: MariaDBServer, port: int, pid: int, directory: str) -> dict[str, dict[str, float]]:
+    """Events per sysbench point select at 20 threads, with text queries and with prepared statements."""
     figures = {}
     for unit in MYSQL_UNITS:
         mode = unit.rsplit("=", 1)[1]
@@ -121,7 +130,7 @@ def measure_mysql(server: MariaDBServer, port: int, pid: int, directory: str) ->
         _control("-z", pid, None)
         queries = _sysbench(server, port, [*common, f"--events={QUERIES}"])
         _control("-d", pid, None)
-        figures[unit] = _instructions(directory, pid) / queries
+        figures[unit] = _totals(directory, pid, queries)
     return figures
 
 
@@ -135,11 +144,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--mysql", action="store_true", help="also count rdsproxy's instructions per sysbench point select (MariaDB)"
     )
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also simulate the L1 caches (callgrind --cache-sim=yes) and print the misses per unit",
+    )
     options = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind (with callgrind_control) is needed: apt-get install valgrind", file=sys.stderr)
         return 2
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, dict[str, float]]] = {}  # proxy -> unit -> event -> per unit
     with ExitStack() as stack:
 
         def dump_directory(name: str) -> str:
@@ -155,12 +169,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name in ("pgbouncer", "rdsproxy"):
             directory = dump_directory(name)
             if name == "pgbouncer":
-                proxy = PgBouncer(server, pool_size=POOL_SIZE, command_prefix=callgrind_prefix(directory))
+                proxy = PgBouncer(
+                    server, pool_size=POOL_SIZE, command_prefix=callgrind_prefix(directory, options.cache_sim)
+                )
                 os_user = proxy.os_user
                 if os_user:
                     shutil.chown(directory, os_user, os_user)
             else:
-                proxy = RdsProxyProcess(server, pool_size=POOL_SIZE, command_prefix=callgrind_prefix(directory))
+                proxy = RdsProxyProcess(
+                    server, pool_size=POOL_SIZE, command_prefix=callgrind_prefix(directory, options.cache_sim)
+                )
                 os_user = None
             with proxy:
                 print(f"  {name}: running under callgrind ...", flush=True)
@@ -169,14 +187,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             mariadb = stack.enter_context(start_mariadb(max_connections=MARIADB_MAX_CONNECTIONS))
             _sysbench(mariadb, mariadb.port, ["--threads=1"], "prepare")
             directory = dump_directory("rdsproxy-mysql")
-            with RdsProxyProcess(mariadb, pool_size=POOL_SIZE, command_prefix=callgrind_prefix(directory)) as proxy:
+            prefix = callgrind_prefix(directory, options.cache_sim)
+            with RdsProxyProcess(mariadb, pool_size=POOL_SIZE, command_prefix=prefix) as proxy:
                 print("  rdsproxy (MySQL): running under callgrind ...", flush=True)
                 results["rdsproxy"].update(measure_mysql(mariadb, proxy.port, proxy.pid, directory))
     print(render(results))
     return 0
 
 
-def render(results: dict[str, dict[str, float]]) -> str:
+def render(results: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = [
         f"instructions per unit, counted by callgrind after {WARM_UP} of each to warm up: {LOGINS} logins with "
         f"pgbench -S -C -c 1; {TRANSACTIONS} transactions of pgbench -S -c 1 on one connection (-M simple, then "
@@ -190,12 +209,27 @@ def render(results: dict[str, dict[str, float]]) -> str:
         "",
         f"{'unit':<20}{'pgbouncer':>12}{'rdsproxy':>12}{'rds/pgb':>10}",
     ]
-    for unit, rds in results["rdsproxy"].items():
-        pgb = results["pgbouncer"].get(unit)
+    for unit, events in results["rdsproxy"].items():
+        rds, pgb = events["Ir"], results["pgbouncer"].get(unit, {}).get("Ir")
         if pgb is None:
             lines.append(f"{unit:<20}{'-':>12}{rds:>12,.0f}{'-':>10}")
         else:
             lines.append(f"{unit:<20}{pgb:>12,.0f}{rds:>12,.0f}{rds / pgb:>10.2f}")
+    if any("I1mr" in events for events in results["rdsproxy"].values()):
+        lines += [
+            "",
+            "L1 misses per unit in callgrind's simulated caches (the process alone: no other process evicts its lines)",
+            f"{'unit':<20}{'instruction pgb':>16}{'rds':>8}{'data pgb':>10}{'rds':>8}",
+        ]
+        for unit, rds in results["rdsproxy"].items():
+            pgb = results["pgbouncer"].get(unit)
+            cells = []
+            for kinds in (("I1mr",), ("D1mr", "D1mw")):
+                mine = sum(rds.get(kind, 0.0) for kind in kinds)
+                theirs = "-" if pgb is None else f"{sum(pgb.get(kind, 0.0) for kind in kinds):,.1f}"
+                cells.append((theirs, f"{mine:,.1f}"))
+            (pgb_i, rds_i), (pgb_d, rds_d) = cells
+            lines.append(f"{unit:<20}{pgb_i:>16}{rds_i:>8}{pgb_d:>10}{rds_d:>8}")
     return "\n".join(lines)
 
 
